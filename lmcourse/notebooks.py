@@ -119,6 +119,9 @@ def stamp(nb, rel_path: str) -> nbformat.NotebookNode:
     colab_cells = [c for c in nb.cells if COLAB_TAG in c.metadata.get("tags", [])]
     if colab_cells:
         cell = colab_cells[0]
+    elif len(nb.cells) > 1 and nb.cells[1].cell_type == "code" and not _source(nb.cells[1]).strip():
+        cell = nb.cells[1]  # the empty placeholder a new lesson leaves for this cell
+        cell.metadata["tags"] = [COLAB_TAG]
     else:
         cell = nbformat.v4.new_code_cell(metadata={"tags": [COLAB_TAG]})
         nb.cells.insert(1, cell)

@@ -1,0 +1,48 @@
+"""Pytest setup for the whole repository: CUDA-only tests, and a per-notebook execution summary."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import pytest
+
+_cells: dict[str, list[float]] = defaultdict(list)
+_failed: set[str] = set()
+_first_seen: dict[str, float] = {}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked `cuda` when torch sees no CUDA GPU, saying why."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_runtest_logreport(report):
+    path = report.nodeid.split("::")[0]
+    if not path.endswith(".ipynb"):
+        return
+    _first_seen.setdefault(path, time.time())
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        _cells[path].append(report.duration)
+        if report.outcome == "failed":
+            _failed.add(path)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """List every executed notebook with its cell count and total cell time."""
+    if not _cells:
+        return
+    tr = terminalreporter
+    tr.section("notebooks executed")
+    for path in sorted(_cells):
+        verdict = "FAILED" if path in _failed else "ok"
+        tr.write_line(f"{verdict:6} {path:45} {len(_cells[path]):3d} cells  "
+                      f"{sum(_cells[path]):6.1f} s")
+    tr.write_line(f"{len(_cells)} notebooks, {sum(len(v) for v in _cells.values())} cells")

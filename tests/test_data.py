@@ -1,0 +1,110 @@
+"""Tests for lmcourse.data: source order, offline behaviour, clear errors on bad input."""
+
+import urllib.request
+
+import pytest
+
+from lmcourse import data
+from lmcourse.data import DataError, load_corpus
+
+TEXT = "To be, or not to be, that is the question.\n" * 50
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "LMCOURSE_OFFLINE",
+              "LMCOURSE_DATA_DIR"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv("LMCOURSE_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def _local(tmp_path, text=TEXT, raw=None):
+    folder = tmp_path / "data" / "tinyshakespeare"
+    folder.mkdir(parents=True)
+    f = folder / "input.txt"
+    if raw is not None:
+        f.write_bytes(raw)
+    else:
+        f.write_text(text)
+    return tmp_path / "data"
+
+
+def test_local_folder_comes_first(clean_env, monkeypatch, capsys):
+    monkeypatch.setenv("LMCOURSE_DATA_DIR", str(_local(clean_env)))
+    monkeypatch.setattr(data, "download", lambda *a, **k: pytest.fail("must not download"))
+    c = load_corpus("tinyshakespeare")
+    assert c.source == "local" and c.text == TEXT
+    assert "from local source" in capsys.readouterr().out
+
+
+def test_offline_skips_network_and_falls_back(clean_env, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("network used"))
+    c = load_corpus("tinyshakespeare")
+    assert c.source == "offline" and "pydoc_data" in c.location
+    assert len(c.text.split()) > 50_000
+    out = capsys.readouterr().out
+    assert "skipped (HF_HUB_OFFLINE=1)" in out and "offline stand-in" in out
+
+
+def test_online_download_is_cached(clean_env, monkeypatch):
+    calls = []
+
+    def fake_download(url, dest, timeout=20.0):
+        calls.append(url)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(TEXT)
+        return dest
+
+    monkeypatch.setattr(data, "download", fake_download)
+    c = load_corpus("tinyshakespeare", quiet=True)
+    assert c.source == "online" and c.text == TEXT and calls == [data.CORPORA["tinyshakespeare"].url]
+    c2 = load_corpus("tinyshakespeare", quiet=True)  # second time: from the cache
+    assert c2.text == TEXT and len(calls) == 1 and "cached" in c2.location
+
+
+def test_failed_download_falls_back_and_leaves_no_partial_file(clean_env, monkeypatch):
+    def broken(url, timeout):
+        raise OSError("no route to host")
+
+    monkeypatch.setattr(urllib.request, "urlopen", broken)
+    c = load_corpus("tinyshakespeare", quiet=True)
+    assert c.source == "offline"
+    assert not list((clean_env / "cache").rglob("*.txt"))
+
+
+def test_nothing_works_names_what_was_tried(clean_env, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="LMCOURSE_DATA_DIR unset.*skipped.*Fix: set LMCOURSE_DATA_DIR"):
+        load_corpus("tinyshakespeare", sources=("local", "online"))
+
+
+@pytest.mark.parametrize("raw, msg", [
+    (b"\x00\x01binary" * 200, "looks binary"),
+    ("caf\u00e9 ".encode("latin-1") * 400, "not UTF-8"),
+    (b"too short", "only 9 characters"),
+])
+def test_bad_local_file_names_the_file_and_fix(clean_env, monkeypatch, raw, msg):
+    folder = _local(clean_env, raw=raw)
+    monkeypatch.setenv("LMCOURSE_DATA_DIR", str(folder))
+    with pytest.raises(DataError, match=msg) as err:
+        load_corpus("tinyshakespeare")
+    assert "input.txt" in str(err.value)
+
+
+def test_unknown_corpus_and_source():
+    with pytest.raises(DataError, match="choose one of"):
+        load_corpus("wikipedia")
+    with pytest.raises(DataError, match="Unknown source"):
+        load_corpus("pydoc", sources=("ftp",))
+
+
+def test_real_shared_data_when_present(monkeypatch):
+    from lmcourse.config import data_dir_from_env
+
+    folder = data_dir_from_env()
+    if folder is None or not (folder / "tinyshakespeare/input.txt").is_file():
+        pytest.skip("LMCOURSE_DATA_DIR with tinyshakespeare/input.txt not set")
+    c = load_corpus("tinyshakespeare", quiet=True)
+    assert c.source == "local" and len(c.text) == 1_115_394 and c.text.startswith("First Citizen")

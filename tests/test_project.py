@@ -1,0 +1,98 @@
+"""Project-level checks: environment.yml matches pyproject, style, CI runs the README's command."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+import tomllib
+import yaml
+from packaging.requirements import Requirement
+
+from .conftest import ROOT
+
+
+def _pyproject():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _pyproject_reqs():
+    p = _pyproject()
+    reqs = list(p["dependencies"])
+    for extra in p["optional-dependencies"].values():
+        reqs += extra
+    return {Requirement(r).name: str(Requirement(r).specifier) for r in reqs}
+
+
+def _env_reqs():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    out = {}
+    for line in pip:
+        if line.startswith("-e"):
+            continue
+        r = Requirement(line)
+        out[r.name] = str(r.specifier)
+    python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))
+    return out, python
+
+
+def test_environment_yml_matches_pyproject():
+    env, python = _env_reqs()
+    assert env == _pyproject_reqs()
+    low = re.search(r">=([\d.]+)", python).group(1)
+    assert _pyproject()["requires-python"] == f">={low}"
+
+
+def test_every_design_package_is_required():
+    names = set(_pyproject_reqs())
+    for pkg in ("torch", "transformers", "datasets", "jupyterlab", "nbval", "matplotlib",
+                "ipywidgets", "seqeval", "pytest"):
+        assert pkg in names
+
+
+def test_every_requirement_line_says_which_lessons_need_it():
+    text = (ROOT / "pyproject.toml").read_text()
+    block = text.split("dependencies = [", 1)[1].split("[tool.", 1)[0]
+    for line in block.splitlines():
+        if line.strip().startswith('"'):
+            assert "#" in line and ("lesson" in line or "tests" in line or "pre-commit" in line), line
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    m = re.search(r"```bash\n(bash course test)\n```", readme)
+    assert m, "README must show the test command in a bash block"
+    assert re.search(rf"^{re.escape(m.group(1))}$", ci, re.M), ".ci/run must run it verbatim"
+    assert "torch==2.13.0" in (ROOT / "course").read_text()
+
+
+def test_ruff_is_clean():
+    run = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format=concise", str(ROOT)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_ruff_has_bugbear_b015():
+    assert "B" in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["ruff"]["lint"]["select"]
+
+
+LIBRARY = sorted((ROOT / "lmcourse").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", LIBRARY, ids=lambda p: str(p.relative_to(ROOT)))
+def test_library_never_names_cuda_or_seeds_on_import(path):
+    src = path.read_text()
+    assert ".cuda()" not in src
+    if path.name != "config.py":  # config.get_device is the one place that names devices
+        assert not re.search(r"""torch\.device\(\s*["']cuda""", src), "device comes from get_device()"
+    assert not re.search(r"""device\s*=\s*["']cuda""", src)
+    top_level = [ln for ln in src.splitlines() if re.match(r"(torch\.manual_seed|random\.seed|np\.random\.seed)", ln)]
+    assert not top_level, f"seeding on import: {top_level}"
+
+
+def test_package_imports_fast_and_lazily():
+    code = "import sys, lmcourse; print('lmcourse.lm_math' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.stdout.strip() == "False"
