@@ -111,10 +111,13 @@ def download(url: str, dest: Path, timeout: float = 20.0) -> Path:
     """Download `url` to `dest` atomically (a partial download never stays behind)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(dest.suffix + ".part")
-    with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
-        while chunk := response.read(1 << 16):
-            f.write(chunk)
-    os.replace(tmp, dest)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
+            while chunk := response.read(1 << 16):
+                f.write(chunk)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
     return dest
 
 

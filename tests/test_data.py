@@ -108,3 +108,38 @@ def test_real_shared_data_when_present(monkeypatch):
         pytest.skip("LMCOURSE_DATA_DIR with tinyshakespeare/input.txt not set")
     c = load_corpus("tinyshakespeare", quiet=True)
     assert c.source == "local" and len(c.text) == 1_115_394 and c.text.startswith("First Citizen")
+
+
+class _Response:
+    def __init__(self, payload: bytes, fail_after: int | None = None):
+        self.chunks = [payload[i:i + 1000] for i in range(0, len(payload), 1000)]
+        self.fail_after = fail_after
+
+    def read(self, n):
+        if self.fail_after is not None and self.fail_after <= 0:
+            raise ConnectionResetError("connection reset mid-download")
+        if self.fail_after is not None:
+            self.fail_after -= 1
+        return self.chunks.pop(0) if self.chunks else b""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def test_download_writes_the_whole_file(tmp_path, monkeypatch):
+    payload = TEXT.encode() * 3
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: _Response(payload))
+    dest = data.download("https://example.org/x.txt", tmp_path / "sub" / "x.txt")
+    assert dest.read_bytes() == payload and not list(tmp_path.rglob("*.part"))
+
+
+def test_interrupted_download_leaves_no_file_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(urllib.request, "urlopen",
+                        lambda url, timeout: _Response(TEXT.encode() * 3, fail_after=2))
+    dest = tmp_path / "x.txt"
+    with pytest.raises(ConnectionResetError):
+        data.download("https://example.org/x.txt", dest)
+    assert not dest.exists() and not list(tmp_path.iterdir())

@@ -58,6 +58,11 @@ def _softmax_total_sum(x):
     return e / e.sum()
 
 
+def _softmax_log(x):
+    z = x - x.amax(-1, keepdim=True)
+    return z - z.exp().sum(-1, keepdim=True).log()
+
+
 register(Exercise(
     key="softmax",
     lesson=LESSON,
@@ -79,6 +84,9 @@ register(Exercise(
         Mistake("normalised over everything", _softmax_total_sum,
                 "you divide by the sum of the whole tensor; divide each row by its own sum "
                 "(sum(dim=-1, keepdim=True))."),
+        Mistake("log-softmax returned", _softmax_log,
+                "you return log-probabilities (log-softmax, values <= 0); softmax returns the "
+                "probabilities themselves: exponentiate, then normalise."),
     ],
 ))
 
@@ -96,6 +104,9 @@ def _ce_cases() -> list[Case]:
         Case("large logits", (_t([[1000.0, 0.0, -1000.0], [0.0, 1000.0, 0.0]]), torch.tensor([2, 0])),
              hint="log(softmax) underflows to log(0) = -inf: use log-softmax, "
                   "z - max - log(sum(exp(z - max)))."),
+        Case("very negative logits", (_t([[-1000.0, -1001.0, -1002.0]]), torch.tensor([1])),
+             hint="exp(-1000) underflows to 0 and log(0) = -inf: subtract the maximum so the "
+                  "largest term is exp(0) = 1."),
         Case("ignored positions (-100)", (torch.randn(6, 4, generator=g),
                                           torch.tensor([1, -100, 3, 0, -100, 2])),
              hint="targets equal to -100 must not count: leave them out of the sum AND of the "
@@ -132,6 +143,12 @@ def _ce_counts_ignored(logits, targets):
     return -lm_math.log_softmax(logits)[keep, targets[keep]].sum() / len(targets)
 
 
+def _ce_lse_no_max(logits, targets):
+    keep = targets != -100
+    logp = logits - logits.exp().sum(-1, keepdim=True).log()
+    return -logp[keep, targets[keep]].mean()
+
+
 def _ce_ignores_mask(logits, targets):
     t = targets.clamp_min(0)
     return -lm_math.log_softmax(logits)[torch.arange(len(t)), t].mean()
@@ -154,6 +171,9 @@ register(Exercise(
         Mistake("log of softmax", _ce_naive_log,
                 "log(softmax(z)) gives -inf/nan for large logits: compute log-softmax directly "
                 "as z - max - log(sum(exp(z - max)))."),
+        Mistake("log-sum-exp without the max", _ce_lse_no_max,
+                "log(sum(exp(z))) overflows to inf for large logits: subtract m = max(z) first "
+                "and add it back, log sum exp(z) = m + log sum exp(z - m)."),
         Mistake("ignored positions in the denominator", _ce_counts_ignored,
                 "you divide by all positions, -100 ones included; divide by the number of "
                 "targets that are not -100."),
@@ -197,6 +217,9 @@ register(Exercise(
         Mistake("mean of probabilities", lambda lp: 1 / lp.exp().mean(),
                 "perplexity is the inverse of the GEOMETRIC mean probability: exp(-mean(log p)), "
                 "not 1 / mean(p)."),
+        Mistake("cross-entropy, not perplexity", lambda lp: -lp.mean(),
+                "-mean(log p) is the cross-entropy in nats; perplexity is its exponential, "
+                "exp(-mean(log p))."),
     ],
 ))
 
@@ -236,6 +259,12 @@ register(Exercise(
         Mistake("smoothing after normalising",
                 lambda c, a: c / c.sum(1, keepdim=True).clamp_min(1) + a,
                 "add alpha to the COUNTS, then normalise; probabilities plus alpha no longer sum to 1."),
+        Mistake("alpha only on unseen pairs",
+                lambda c, a: torch.where(c == 0, a, c) / torch.where(c == 0, a, c).sum(1, keepdim=True),
+                "add alpha to EVERY count, seen pairs included, not only to the zeros."),
+        Mistake("alpha added once to the total", lambda c, a: (c + a) / (c.sum(1, keepdim=True) + a),
+                "each of the V cells of a row gets alpha, so the row total grows by V * alpha, "
+                "not by alpha."),
     ],
 ))
 
@@ -279,5 +308,11 @@ register(Exercise(
                 "the chain rule multiplies the conditionals, so their logs add up: sum, not mean."),
         Mistake("off by one", lambda p, ids: p[ids[:-2], ids[1:-1]].log().sum(),
                 "you skip the last transition: there are T-1 pairs (ids[:-1], ids[1:])."),
+        Mistake("log base 2", lambda p, ids: p[ids[:-1], ids[1:]].log2().sum(),
+                "use the natural logarithm (.log()): log-probabilities in this course are in nats; "
+                "divide by ln 2 only when you want bits."),
+        Mistake("log of the sum", lambda p, ids: p[ids[:-1], ids[1:]].sum().log(),
+                "the log of a PRODUCT is the sum of the logs: take .log() of each probability, "
+                "then .sum(), not the log of their sum."),
     ],
 ))
