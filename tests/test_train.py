@@ -1,0 +1,535 @@
+"""lmcourse.train: the generic loop against plain arithmetic and transformers' own schedules."""
+
+import math
+
+import matplotlib
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
+from transformers import Trainer as HFTrainer
+
+import lmcourse as lm
+from lmcourse import train as tr
+from lmcourse.transformer import LayerNorm
+
+matplotlib.use("Agg")
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy CPU two threads wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- tiny problems
+
+
+class DictData(torch.utils.data.Dataset):
+    """A map-style dataset of dicts: x (features) and labels."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
+class Regressor(nn.Module):
+    """A small MLP that returns the MSE loss as a scalar tensor (no dropout)."""
+
+    def __init__(self, d=4, hidden=16):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def forward(self, x, labels):
+        return F.mse_loss(self.net(x).squeeze(-1), labels)
+
+
+class Classifier(nn.Module):
+    """An MLP with dropout and a norm layer that returns {"loss", "logits"}."""
+
+    def __init__(self, d=4, hidden=16, classes=3, p=0.2):
+        super().__init__()
+        self.inp = nn.Linear(d, hidden)
+        self.ln = LayerNorm(hidden)  # a name without "norm": only its type says it is one
+        self.drop = nn.Dropout(p)
+        self.out = nn.Linear(hidden, classes)
+        self.seen_dtype = None
+
+    def forward(self, x, labels=None):
+        h = self.inp(x)
+        self.seen_dtype = h.dtype  # what autocast produced
+        logits = self.out(self.drop(torch.tanh(self.ln(h))))
+        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        return {"loss": loss, "logits": logits}
+
+
+def regression_data(n=64, d=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    w = torch.randn(d, generator=g)
+    return DictData(x, x @ w + 0.5)
+
+
+def classification_data(n=96, d=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    return DictData(x, y)
+
+
+def cfg_(**kw):
+    base = dict(max_steps=10, batch_size=8, lr=1e-2, progress=False, seed=0)
+    base.update(kw)
+    return tr.TrainConfig(**base)
+
+
+def tiny_gpt(dropout=0.1):
+    lm.seed_everything(0)
+    c = GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4,
+                   resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+                   bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(c)
+
+
+def token_data(n=48, T=12, vocab=50, seed=0):
+    """A learnable pattern: each sequence counts up from a random start (mod vocab)."""
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randint(0, vocab, (n, 1), generator=g)
+    ids = (start + torch.arange(T)) % vocab
+    return [{"input_ids": row, "labels": row} for row in ids]
+
+
+# --------------------------------------------------------------------------- losses and batches
+
+
+def test_get_loss_accepts_model_output_dict_and_scalar():
+    from transformers.modeling_outputs import CausalLMOutput
+
+    t = torch.tensor(2.5)
+    assert tr.get_loss(CausalLMOutput(loss=t)) is t
+    assert tr.get_loss({"loss": t, "logits": None}) is t
+    assert tr.get_loss(t) is t
+    with pytest.raises(TypeError, match="not a scalar"):
+        tr.get_loss(torch.zeros(3))
+    with pytest.raises(TypeError, match="no loss"):
+        tr.get_loss({"logits": torch.zeros(3)})
+
+
+def test_loss_goes_down_on_regression():
+    lm.seed_everything(0)
+    t = tr.Trainer(Regressor(), cfg_(max_steps=60, lr=3e-2, warmup_steps=5), regression_data(),
+                   device=CPU)
+    hist = t.train()
+    first = sum(r["loss"] for r in hist.train[:5]) / 5
+    last = sum(r["loss"] for r in hist.train[-5:]) / 5
+    assert len(hist.train) == 60 and last < 0.1 * first
+
+
+def test_classification_with_eval_and_metrics_and_custom_loss_fn():
+    def accuracy(logits, batches):
+        pred = torch.cat([lg.argmax(-1) for lg in logits])
+        gold = torch.cat([b["labels"] for b in batches])
+        return {"accuracy": (pred == gold).float().mean().item()}
+
+    lm.seed_everything(0)
+    data = classification_data()
+    t = tr.Trainer(Classifier(), cfg_(max_steps=80, lr=3e-2, eval_every=40), data, data,
+                   metrics_fn=accuracy, device=CPU)
+    t.train()
+    assert [r["step"] for r in t.history.eval] == [40, 80]
+    assert t.history.eval[-1]["eval_accuracy"] > 0.8
+    assert t.history.eval[-1]["eval_loss"] < t.history.train[0]["loss"]
+
+    # a custom loss_fn(model, batch) gives the same loss as the model's own
+    def loss_fn(model, batch):
+        out = model(batch["x"])
+        return F.cross_entropy(out["logits"].float(), batch["labels"]), out["logits"]
+
+    t2 = tr.Trainer(t.model, t.cfg, data, data, loss_fn=loss_fn, metrics_fn=accuracy, device=CPU)
+    assert t2.evaluate() == pytest.approx(t.evaluate(), rel=1e-6)
+    # ... also when it returns a dict holding the loss, or the loss alone
+    t3 = tr.Trainer(t.model, t.cfg, data, data, loss_fn=lambda m, b: m(**b), metrics_fn=accuracy,
+                    device=CPU)
+    assert t3.evaluate() == pytest.approx(t.evaluate(), rel=1e-6)
+    t4 = tr.Trainer(t.model, t.cfg, data, data, loss_fn=lambda m, b: loss_fn(m, b)[0], device=CPU)
+    assert t4.evaluate()["eval_loss"] == pytest.approx(t.evaluate()["eval_loss"], rel=1e-6)
+
+
+def test_eval_loss_is_the_mean_over_examples():
+    """Batches of unequal size (96 = 13 x 7 + 5) are weighted by their number of examples."""
+    lm.seed_everything(0)
+    data = classification_data()
+    model = Classifier().eval()
+    t = tr.Trainer(model, cfg_(eval_batch_size=7), data, data, device=CPU)
+    with torch.no_grad():
+        full = F.cross_entropy(model(data.x)["logits"], data.y).item()
+    assert t.evaluate()["eval_loss"] == pytest.approx(full, rel=1e-5)
+    assert t.evaluate(DictData(data.x[:10], data.y[:10]))["eval_loss"] != pytest.approx(full)
+    capped = tr.Trainer(model, cfg_(eval_batch_size=7, max_eval_batches=2), data, data, device=CPU)
+    with torch.no_grad():
+        first14 = F.cross_entropy(model(data.x[:14])["logits"], data.y[:14]).item()
+    assert capped.evaluate()["eval_loss"] == pytest.approx(first14, rel=1e-5)
+
+
+def test_transformers_models_train_unchanged():
+    lm.seed_everything(0)
+    t = tr.Trainer(tiny_gpt(dropout=0.0), cfg_(max_steps=40, lr=3e-3, warmup_steps=4),
+                   token_data(), device=CPU)
+    hist = t.train()
+    assert hist.train[-1]["loss"] < 0.7 * hist.train[0]["loss"]
+
+    lm.seed_everything(0)
+    bert = BertForSequenceClassification(BertConfig(
+        vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37, max_position_embeddings=32, num_labels=2))
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 40, (32, 10), generator=g)
+    labels = (ids[:, 0] < 20).long()
+    data = [{"input_ids": i, "attention_mask": torch.ones_like(i), "labels": y}
+            for i, y in zip(ids, labels)]
+    t = tr.Trainer(bert, cfg_(max_steps=30, lr=3e-3), data, data, device=CPU)
+    before = t.evaluate()["eval_loss"]
+    t.train()
+    assert t.evaluate()["eval_loss"] < 0.5 * before
+
+
+def test_factory_data_and_position_within_epoch():
+    """A factory epoch -> batches works, and epochs advance when it runs dry."""
+    data = regression_data(n=32)
+    seen = []
+
+    def factory(epoch):
+        seen.append(epoch)
+        return [{"x": data.x[i:i + 8], "labels": data.y[i:i + 8]} for i in range(0, 32, 8)]
+
+    t = tr.Trainer(Regressor(), cfg_(max_steps=6), factory, device=CPU)
+    t.train()
+    assert seen == [0, 1] and (t.state.epoch, t.state.batch_in_epoch) == (1, 2)
+
+
+def test_epoch_order_is_seeded_by_seed_and_epoch():
+    a = tr.epoch_order(20, seed=3, epoch=0)
+    assert a == tr.epoch_order(20, seed=3, epoch=0) and sorted(a) == list(range(20))
+    assert a != tr.epoch_order(20, seed=3, epoch=1) and a != tr.epoch_order(20, seed=4, epoch=0)
+    assert tr.epoch_order(5, 0, 0, shuffle=False) == [0, 1, 2, 3, 4]
+
+
+def test_epochs_sets_total_steps():
+    t = tr.Trainer(Regressor(), cfg_(epochs=2.0, batch_size=10, grad_accum_steps=2),
+                   regression_data(n=64), device=CPU)
+    assert t.total_steps == math.ceil(2 * (64 // 10) / 2)
+
+
+# --------------------------------------------------------------------------- optimizer pieces
+
+
+def test_grad_accumulation_equals_one_big_batch():
+    data = regression_data(n=64)
+    params = []
+    for bs, k in ((32, 1), (8, 4)):
+        lm.seed_everything(0)
+        model = Regressor()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)  # SGD: an update proportional to the grad
+        c = cfg_(max_steps=3, batch_size=bs, grad_accum_steps=k, max_grad_norm=None)
+        t = tr.Trainer(model, c, data, optimizer=opt, device=CPU)
+        t.train()
+        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(params[0], params[1], rtol=1e-5, atol=1e-6)
+
+
+def test_clipping_caps_the_gradient_norm():
+    lm.seed_everything(0)
+    model = Regressor()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    t = tr.Trainer(model, cfg_(max_steps=1, max_grad_norm=0.05, schedule="constant"),
+                   regression_data(), optimizer=opt, device=CPU)
+    rec = t.train_step()
+    step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, model.parameters())])
+    assert rec["grad_norm"] > 0.5  # the raw gradient is large ...
+    assert step.norm().item() == pytest.approx(0.05, rel=1e-4)  # ... the update is capped
+    grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert grads.norm().item() == pytest.approx(0.05, rel=1e-4)
+
+
+@pytest.mark.parametrize("schedule, hf", [("linear", get_linear_schedule_with_warmup),
+                                          ("cosine", get_cosine_schedule_with_warmup)])
+def test_schedule_matches_transformers(schedule, hf):
+    total, warmup = 20, 5
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    ref = hf(opt, num_warmup_steps=warmup, num_training_steps=total)
+    expected = []
+    for _ in range(total + 1):
+        expected.append(ref.get_last_lr()[0])
+        opt.step()
+        ref.step()
+    ours = [tr.lr_factor(s, total, warmup, schedule) for s in range(total + 1)]
+    assert ours == pytest.approx(expected, abs=1e-12)
+    assert ours[0] == 0 and ours[warmup] == 1 and ours[total] == pytest.approx(0, abs=1e-12)
+    # the trainer's recorded lr follows the same curve, scaled by the peak lr
+    t = tr.Trainer(Regressor(), cfg_(max_steps=total, warmup_steps=warmup, schedule=schedule,
+                                     lr=0.01), regression_data(), device=CPU)
+    t.train()
+    assert [r["lr"] for r in t.history.train] == pytest.approx([0.01 * e for e in expected[:total]])
+
+
+def test_constant_schedule_matches_transformers():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    ref = get_constant_schedule_with_warmup(opt, num_warmup_steps=3)
+    for s in range(10):
+        assert tr.lr_factor(s, 10, 3, "constant") == pytest.approx(ref.get_last_lr()[0])
+        opt.step()
+        ref.step()
+
+
+def test_no_weight_decay_on_biases_and_norms_like_transformers():
+    lm.seed_everything(0)
+    bert = BertForSequenceClassification(BertConfig(
+        vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37, num_labels=2))
+    assert tr.decay_parameter_names(bert) == HFTrainer.get_decay_parameter_names(None, bert)
+    # the course's own LayerNorm (not an nn.LayerNorm) is recognised by its type
+    names = tr.decay_parameter_names(Classifier())
+    assert names == ["inp.weight", "out.weight"]
+    groups = tr.param_groups(Classifier(), 0.1)
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0] and len(groups[1]["params"]) == 4
+
+
+def test_custom_optimizer_is_used():
+    model = Regressor()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    t = tr.Trainer(model, cfg_(max_steps=2, schedule="constant"), regression_data(), optimizer=opt,
+                   device=CPU)
+    t.train()
+    assert t.optimizer is opt and t.history.train[-1]["lr"] == 0.5
+
+
+# --------------------------------------------------------------------------- early stopping
+
+
+def _scripted(values):
+    it = iter(values)
+    return lambda logits, batches: {"score": next(it)}
+
+
+@pytest.mark.parametrize("mode, values, stop_step", [
+    ("min", [5, 4, 4, 4.5, 3, 3], 4),    # best at eval 2, then 2 evaluations without improvement
+    ("max", [1, 2, 3, 3, 2, 9], 5),
+    ("max", [1, 2, 3, 4, 5, 6], None),   # improves every time: runs to the end
+])
+def test_early_stopping_after_patience(mode, values, stop_step):
+    data = classification_data()
+    c = cfg_(max_steps=6, eval_every=1, early_stopping_metric="score", early_stopping_mode=mode,
+             early_stopping_patience=2)
+    t = tr.Trainer(Classifier(), c, data, data, metrics_fn=_scripted(values), device=CPU)
+    t.train()
+    if stop_step is None:
+        assert not t.state.stopped_early and t.state.step == 6
+    else:
+        assert t.state.stopped_early and t.state.step == stop_step
+        assert len(t.history.eval) == stop_step
+
+
+def test_restore_best_loads_the_best_weights():
+    data = classification_data()
+    snapshots = []
+    c = cfg_(max_steps=4, eval_every=1, early_stopping_metric="score", early_stopping_mode="max",
+             early_stopping_patience=5, restore_best=True)
+    t = tr.Trainer(Classifier(), c, data, data, metrics_fn=_scripted([1, 7, 2, 3]), device=CPU,
+                   callbacks=[lambda tr_, rec: snapshots.append(tr_.model.out.weight.detach().clone())])
+    t.train()
+    assert t.state.best_step == 2
+    assert torch.equal(t.model.out.weight, snapshots[1])
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _gpt_trainer(tmp_path, n_total):
+    c = cfg_(max_steps=n_total, batch_size=4, grad_accum_steps=2, lr=3e-3, warmup_steps=2,
+             schedule="cosine", eval_every=3, checkpoint_dir=str(tmp_path), keep_last=2)
+    data = token_data(n=40)  # 10 micro-batches per epoch: the run crosses epochs
+    return tr.Trainer(tiny_gpt(dropout=0.1), c, data, token_data(n=8, seed=1), device=CPU)
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    n = 7
+    straight = _gpt_trainer(tmp_path / "a", 2 * n)
+    lm.seed_everything(5)  # the seed dropout starts from
+    straight.train()
+
+    first = _gpt_trainer(tmp_path / "b", 2 * n)
+    lm.seed_everything(5)
+    first.train(steps=n)
+    path = first.save_checkpoint()
+    assert path.name == f"step-{n:08d}"
+    lm.seed_everything(123)  # a different RNG state: the checkpoint must restore the right one
+
+    resumed = _gpt_trainer(tmp_path / "b", 2 * n)  # fresh model and trainer
+    assert resumed.load_checkpoint(tmp_path / "b") == path
+    assert (resumed.state.epoch, resumed.state.batch_in_epoch) == (1, 4)
+    resumed.train()
+
+    assert resumed.state.step == 2 * n
+    assert resumed.history.train == straight.history.train
+    assert resumed.history.eval == straight.history.eval
+    for (name, p), q in zip(straight.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(p, q), name
+    # tied weights stay tied after loading from safetensors
+    assert resumed.model.lm_head.weight.data_ptr() == resumed.model.transformer.wte.weight.data_ptr()
+
+
+def test_save_every_keeps_last_k(tmp_path):
+    c = cfg_(max_steps=7, checkpoint_dir=str(tmp_path), save_every=2, keep_last=2)
+    t = tr.Trainer(Regressor(), c, regression_data(), device=CPU)
+    t.train()
+    assert [p.name for p in tr.list_checkpoints(tmp_path)] == ["step-00000006", "step-00000007"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    st = safetensors.torch.load_file(tmp_path / "step-00000007" / tr.WEIGHTS_FILE)
+    assert torch.equal(st["net.0.weight"], t.model.net[0].weight)
+
+
+@pytest.mark.parametrize("crash", ["torch.save", "safetensors", "os.replace"])
+def test_crash_mid_save_leaves_previous_checkpoint(tmp_path, monkeypatch, crash):
+    c = cfg_(max_steps=4, checkpoint_dir=str(tmp_path), keep_last=3)
+    t = tr.Trainer(Regressor(), c, regression_data(), device=CPU)
+    t.train(steps=2)
+    good = t.save_checkpoint()
+    weights_at_2 = {k: v.clone() for k, v in t.model.state_dict().items()}
+    t.train(steps=1)
+
+    def half_write(original):
+        def f(obj, path, *a, **k):
+            with open(path, "wb") as fh:
+                fh.write(b"half a file")  # some bytes reach the disk, then the process dies
+            raise OSError("disk full")
+        return f
+
+    if crash == "torch.save":
+        monkeypatch.setattr(torch, "save", half_write(torch.save))
+    elif crash == "safetensors":
+        monkeypatch.setattr(safetensors.torch, "save_model", half_write(None))
+    else:
+        def boom(src, dst):
+            raise OSError("power cut")
+        monkeypatch.setattr(tr.os, "replace", boom)
+    with pytest.raises(OSError):
+        t.save_checkpoint()
+    monkeypatch.undo()
+
+    assert tr.latest_checkpoint(tmp_path) == good
+    assert [p.name for p in tmp_path.iterdir()] == [good.name]  # no temp folder left behind
+    fresh = tr.Trainer(Regressor(), c, regression_data(), device=CPU)
+    fresh.load_checkpoint(tmp_path)
+    assert fresh.state.step == 2
+    for k, v in fresh.model.state_dict().items():
+        assert torch.equal(v, weights_at_2[k])
+
+
+def test_hidden_temp_folder_of_a_killed_save_is_never_latest(tmp_path):
+    t = tr.Trainer(Regressor(), cfg_(max_steps=3, checkpoint_dir=str(tmp_path)), regression_data(),
+                   device=CPU)
+    t.train(steps=1)
+    good = t.save_checkpoint()
+    (tmp_path / ".tmp-step-00000009-x").mkdir()  # as if a save of step 9 was killed (SIGKILL)
+    (tmp_path / ".tmp-step-00000009-x" / tr.WEIGHTS_FILE).write_bytes(b"half")
+    assert tr.latest_checkpoint(tmp_path) == good
+    t.train(steps=1)
+    t.save_checkpoint()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [good.name, "step-00000002"]
+
+
+def test_resaving_a_step_replaces_it_atomically(tmp_path):
+    t = tr.Trainer(Regressor(), cfg_(max_steps=2, checkpoint_dir=str(tmp_path)), regression_data(),
+                   device=CPU)
+    t.train(steps=1)
+    p1 = t.save_checkpoint()
+    with torch.no_grad():
+        t.model.net[0].weight.fill_(3.0)
+    assert t.save_checkpoint() == p1
+    assert [p.name for p in tmp_path.iterdir()] == [p1.name]
+    st = safetensors.torch.load_file(p1 / tr.WEIGHTS_FILE)
+    assert torch.all(st["net.0.weight"] == 3.0)
+
+
+# --------------------------------------------------------------------------- precision, plots
+
+
+def test_bf16_autocast_on_cpu():
+    lm.seed_everything(0)
+    data = classification_data()
+    t = tr.Trainer(Classifier(), cfg_(max_steps=3, mixed_precision=True), data, data, device=CPU)
+    assert t.amp_dtype == torch.bfloat16 and t.scaler is None
+    t.train()
+    assert t.model.seen_dtype == torch.bfloat16  # the forward ran under autocast
+    assert all(math.isfinite(r["loss"]) for r in t.history.train)
+    assert t.model.inp.weight.grad.dtype == torch.float32  # master weights and grads stay fp32
+    assert math.isfinite(t.evaluate()["eval_loss"])
+    off = tr.Trainer(Classifier(), cfg_(max_steps=1), data, device=CPU)
+    off.train()
+    assert off.amp_dtype is None and off.model.seen_dtype == torch.float32
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_step_with_autocast():
+    device = lm.get_device()
+    lm.seed_everything(0)
+    t = tr.Trainer(tiny_gpt(), cfg_(max_steps=2, lr=1e-3), token_data(), device=device)
+    assert t.amp_dtype in (torch.bfloat16, torch.float16)
+    assert (t.scaler is not None) == (t.amp_dtype == torch.float16)
+    t.train()
+    assert next(t.model.parameters()).device.type == device.type
+    assert all(math.isfinite(r["loss"]) for r in t.history.train)
+    assert t.model.lm_head.weight.grad.dtype == torch.float32
+
+
+def test_plot_history_returns_a_figure():
+    from matplotlib.figure import Figure
+
+    data = classification_data()
+    t = tr.Trainer(Classifier(), cfg_(max_steps=4, eval_every=2), data, data, device=CPU)
+    fig = t.train().plot()
+    assert isinstance(fig, Figure)
+    loss_ax, lr_ax = fig.axes
+    assert len(loss_ax.lines) == 2 and list(loss_ax.lines[1].get_xdata()) == [2, 4]
+    assert list(lr_ax.lines[0].get_ydata()) == [r["lr"] for r in t.history.train]
+    matplotlib.pyplot.close(fig)
+
+
+def test_progress_bars_show_the_loss_and_switch_off(capsys):
+    data = classification_data()
+    tr.Trainer(Classifier(), cfg_(max_steps=3, eval_every=3, progress=True), data, data,
+               device=CPU).train()
+    err = capsys.readouterr().err
+    assert "train" in err and "loss=" in err and "eval" in err
+    tr.Trainer(Classifier(), cfg_(max_steps=3, eval_every=3), data, data, device=CPU).train()
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(lm.config.ConfigError, match="schedule"):
+        tr.TrainConfig(schedule="exp")
+    with pytest.raises(lm.config.ConfigError, match="eval_every"):
+        tr.TrainConfig(early_stopping_metric="eval_loss")
