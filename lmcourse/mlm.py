@@ -1,0 +1,426 @@
+"""Lesson 05b, masked-language-model pretraining: BERT's 80/10/10 masking rule, a collator for the
+course's `Trainer`, masked-token accuracy, a small `transformers.BertForMaskedLM`, news-domain
+training sentences (CoNLL-2003, with an offline stand-in), fill-in-the-blank predictions, and
+saving the pretrained model in `transformers` format where the fine-tuning lessons find it.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmcourse import config, data
+from lmcourse import tokenization as tk
+from lmcourse.train import atomic_save_dir
+
+IGNORE_INDEX = -100        # label of a position the loss skips (torch's cross_entropy default)
+MLM_PROBABILITY = 0.15     # BERT: predict 15% of the tokens
+MASK_SHARE = 0.8           # of the selected tokens: 80% become [MASK] ...
+RANDOM_SHARE = 0.1         # ... 10% a random token, and the remaining 10% stay unchanged
+DEFAULT_CHECKPOINT = "bert-mlm-conll"  # the folder name the fine-tuning lessons load
+
+Example = Mapping[str, Any]  # {"input_ids": list[int] or 1-D tensor, optional "labels": ...}
+
+
+# --------------------------------------------------------------------------- the masking rule
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    special_tokens_mask: torch.Tensor,
+    mask_token_id: int,
+    vocab_size: int,
+    mlm_probability: float = MLM_PROBABILITY,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking rule: (masked_input_ids, labels), both shaped like `input_ids`.
+
+    Each position not marked in `special_tokens_mask` ([CLS], [SEP], padding) is selected with
+    probability `mlm_probability`. Labels hold the original token at selected positions and -100
+    elsewhere. Of the selected tokens 80% become `mask_token_id`, 10% a token drawn uniformly from
+    range(vocab_size), 10% stay as they are (the same draws as transformers'
+    DataCollatorForLanguageModeling). The inputs are not modified.
+    """
+    shape = input_ids.shape
+    probs = torch.full(shape, float(mlm_probability))
+    probs.masked_fill_(special_tokens_mask.bool().cpu(), 0.0)
+    selected = torch.bernoulli(probs, generator=generator).bool().to(input_ids.device)
+    labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+    # 80% of the selected -> [MASK]
+    to_mask = torch.bernoulli(torch.full(shape, MASK_SHARE), generator=generator).bool()
+    to_mask = to_mask.to(input_ids.device) & selected
+    # half of the remaining 20% -> a random token; the other half keeps the original
+    half = RANDOM_SHARE / (1.0 - MASK_SHARE)
+    to_random = torch.bernoulli(torch.full(shape, half), generator=generator).bool()
+    to_random = to_random.to(input_ids.device) & selected & ~to_mask
+    random_ids = torch.randint(vocab_size, shape, generator=generator, dtype=input_ids.dtype)
+    masked = torch.where(to_mask, torch.full_like(input_ids, mask_token_id), input_ids)
+    masked = torch.where(to_random, random_ids.to(input_ids.device), masked)
+    return masked, labels
+
+
+def masking_statistics(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor,
+                       masked: torch.Tensor, labels: torch.Tensor, mask_token_id: int,
+                       vocab_size: int) -> dict[str, float]:
+    """What a masking did, as rates (what the lesson's check and the tests compare):
+
+    - `selected_rate`: labelled positions (label != -100) / ordinary positions (~0.15);
+    - `mask_share`, `random_share`, `unchanged_share`: of the labelled positions, the fraction that
+      became [MASK], another token, or stayed the same (~0.8, 0.1, 0.1);
+    - `labels_are_originals`: of the labelled positions, the fraction whose label is the original
+      token (1.0);
+    - `specials_selected`: special and padding positions that got a label or changed (0.0);
+    - `unlabelled_changed`: ordinary positions without a label whose input changed (0.0);
+    - `random_id_mean`: mean of the random replacement ids / vocab_size (~0.5: uniform over the
+      vocabulary).
+    """
+    special = special_tokens_mask.bool()
+    sel = labels != IGNORE_INDEX
+    ordinary = ~special
+    n_sel = max(int((sel & ordinary).sum()), 1)
+    is_mask = masked == mask_token_id
+    same = masked == input_ids
+    rand = sel & ~is_mask & ~same & ordinary
+    special_touched = special & (sel | ~same)
+    return {
+        "selected_rate": float((sel & ordinary).sum()) / max(int(ordinary.sum()), 1),
+        "mask_share": float((sel & ordinary & is_mask).sum()) / n_sel,
+        "random_share": float(rand.sum()) / n_sel,
+        "unchanged_share": float((sel & ordinary & same).sum()) / n_sel,
+        "labels_are_originals": float((sel & ordinary & (labels == input_ids)).sum()) / n_sel,
+        "specials_selected": float(special_touched.sum()) / max(int(special.sum()), 1),
+        "unlabelled_changed": float((~sel & ordinary & ~same).sum())
+                              / max(int((~sel & ordinary).sum()), 1),
+        "random_id_mean": float(masked[rand].double().mean()) / vocab_size if rand.any() else 0.0,
+    }
+
+
+def special_tokens_mask_of(input_ids: torch.Tensor, special_ids: Sequence[int]) -> torch.Tensor:
+    """True where `input_ids` holds one of `special_ids` ([PAD], [CLS], [SEP], ...)."""
+    return torch.isin(input_ids, torch.tensor(sorted(set(special_ids)), dtype=input_ids.dtype,
+                                              device=input_ids.device))
+
+
+# --------------------------------------------------------------------------- accuracy
+
+
+def masked_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of the labelled positions (label != -100) where argmax(logits) is the label.
+
+    `logits`: (..., V); `labels`: (...). With no labelled position the accuracy is 0.0.
+    """
+    keep = labels != IGNORE_INDEX
+    n = int(keep.sum())
+    if n == 0:
+        return 0.0
+    pred = logits.argmax(dim=-1)  # (...)
+    return float((pred[keep] == labels[keep]).sum()) / n
+
+
+def mlm_metrics(logits: list[torch.Tensor], batches: list[Mapping[str, torch.Tensor]]) -> dict[str, float]:
+    """The Trainer's `metrics_fn`: masked-token accuracy pooled over all evaluation batches."""
+    correct, total = 0, 0
+    for lg, batch in zip(logits, batches, strict=True):
+        labels = batch["labels"].to(lg.device)
+        keep = labels != IGNORE_INDEX
+        correct += int((lg.argmax(-1)[keep] == labels[keep]).sum())
+        total += int(keep.sum())
+    return {"masked_accuracy": correct / max(total, 1)}
+
+
+# --------------------------------------------------------------------------- collator
+
+
+@dataclass
+class MLMCollator:
+    """Pads a list of examples into a batch and masks it with `mask_tokens` (a Trainer collate_fn).
+
+    Each example is a dict with "input_ids" (a list of ids with [CLS] ... [SEP]). The batch holds
+    input_ids (B, T), attention_mask (B, T) and labels (B, T); T is the longest example, rounded up
+    to a multiple of `pad_to_multiple_of` if set. Examples that already carry "labels" (a fixed,
+    pre-masked evaluation set from `fixed_masks`) are only padded, not masked again.
+    Randomness comes from `generator`, else torch's global generator (which the Trainer's
+    checkpoints save, so a resumed run masks exactly as a straight one).
+    """
+
+    pad_token_id: int
+    mask_token_id: int
+    vocab_size: int
+    special_token_ids: Sequence[int]
+    mlm_probability: float = MLM_PROBABILITY
+    pad_to_multiple_of: int | None = None
+    generator: torch.Generator | None = None
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any, **kwargs: Any) -> MLMCollator:
+        """A collator with the pad/mask ids, vocabulary size and special ids of a transformers tokenizer."""
+        if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
+            raise ValueError("The tokenizer needs a [MASK] and a [PAD] token for masked-LM training.")
+        return cls(pad_token_id=tokenizer.pad_token_id, mask_token_id=tokenizer.mask_token_id,
+                   vocab_size=len(tokenizer), special_token_ids=list(tokenizer.all_special_ids),
+                   **kwargs)
+
+    def pad(self, rows: list[Sequence[int]], value: int) -> torch.Tensor:
+        """Right-pad lists of ids to one length: (B, T)."""
+        t = max(len(r) for r in rows)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            t = (t + m - 1) // m * m
+        out = torch.full((len(rows), t), value, dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, :len(r)] = torch.as_tensor(r, dtype=torch.long)
+        return out
+
+    def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        if not examples:
+            raise ValueError("MLMCollator got an empty list of examples.")
+        ids = [list(map(int, e["input_ids"])) for e in examples]
+        input_ids = self.pad(ids, self.pad_token_id)  # (B, T)
+        attention_mask = self.pad([[1] * len(r) for r in ids], 0)  # (B, T)
+        has_labels = ["labels" in e for e in examples]
+        if all(has_labels):
+            labels = self.pad([list(map(int, e["labels"])) for e in examples], IGNORE_INDEX)
+            return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if any(has_labels):
+            raise ValueError("Some examples carry labels and some do not; mix no pre-masked examples "
+                             "into a batch to be masked.")
+        special = special_tokens_mask_of(input_ids, self.special_token_ids) | (attention_mask == 0)
+        masked, labels = mask_tokens(input_ids, special, self.mask_token_id, self.vocab_size,
+                                     self.mlm_probability, self.generator)
+        return {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int = 0,
+                           window: int = 50) -> list[list[int]]:
+    """One epoch of batches of example indices, shuffled but grouped by length.
+
+    The indices are shuffled (seeded by seed and epoch), cut into windows of `window` batches,
+    sorted by length inside each window and cut into batches, and the batches are shuffled: each
+    batch holds sentences of similar lengths, so little of it is padding (a random batch of
+    CoNLL sentences is mostly padding: lengths run from 3 to over 100 tokens). The last batch of
+    an epoch may be smaller.
+    """
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
+    order = torch.randperm(len(lengths), generator=g).tolist()
+    span = batch_size * window
+    batches = []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start:start + span], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+
+def grouped_batches(examples: Sequence[Example], collator: MLMCollator, batch_size: int,
+                    seed: int = config.DEFAULT_SEED, window: int = 50) -> Any:
+    """A Trainer `train_data` factory: epoch -> masked batches from `length_grouped_batches`."""
+    lengths = [len(e["input_ids"]) for e in examples]
+
+    def epoch_batches(epoch: int) -> Any:
+        for idx in length_grouped_batches(lengths, batch_size, seed, epoch, window):
+            yield collator([examples[i] for i in idx])
+
+    return epoch_batches
+
+
+def fixed_masks(examples: Sequence[Example], collator: MLMCollator, seed: int) -> list[dict[str, list[int]]]:
+    """The examples masked once with a seeded generator: an evaluation set whose masks never change,
+    so evaluation losses at different steps are comparable. Each gets "input_ids" and "labels"."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for e in examples:
+        ids = torch.as_tensor(list(map(int, e["input_ids"])), dtype=torch.long)[None]  # (1, T)
+        special = special_tokens_mask_of(ids, collator.special_token_ids)
+        masked, labels = mask_tokens(ids, special, collator.mask_token_id, collator.vocab_size,
+                                     collator.mlm_probability, g)
+        out.append({"input_ids": masked[0].tolist(), "labels": labels[0].tolist()})
+    return out
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Sentences:
+    """Training or held-out sentences and where they came from."""
+
+    texts: list[str]   # one sentence per item, tokens joined by spaces
+    source: str        # "CoNLL-2003 <split>" or the offline stand-in's name
+    location: str      # the file or module read
+    news: bool         # True for the real news-domain text (CoNLL-2003)
+
+    def __repr__(self) -> str:
+        return (f"Sentences({len(self.texts):,} sentences, {sum(len(t.split()) for t in self.texts):,} "
+                f"words, from {self.source}: {self.location})")
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
+
+
+def split_sentences(text: str, min_words: int = 3, max_words: int = 60) -> list[str]:
+    """Cut running text into sentences (at . ! ? followed by a capital), whitespace squeezed;
+    keeps those of min_words..max_words words."""
+    out = []
+    for para in re.split(r"\n\s*\n", text):
+        for s in _SENTENCE_END.split(" ".join(para.split())):
+            if min_words <= len(s.split()) <= max_words:
+                out.append(s)
+    return out
+
+
+def offline_sentences(split: str = "train", valid_every: int = 5) -> Sentences:
+    """The stand-in when CoNLL-2003 is absent: the Python help texts (`load_corpus("pydoc")`) cut
+    into distinct sentences; every `valid_every`-th sentence is held out for "valid"/"test"."""
+    corpus = data.load_corpus("pydoc", quiet=True)
+    sents = list(dict.fromkeys(split_sentences(corpus.text)))  # distinct, in order
+    held = split in ("valid", "test")
+    texts = [s for i, s in enumerate(sents) if (i % valid_every == 0) == held]
+    return Sentences(texts, "offline stand-in: Python's help texts, not news", corpus.location, news=False)
+
+
+def news_sentences(split: str = "train") -> Sentences:
+    """The sentences of a CoNLL-2003 split (labels dropped, tokens joined by spaces), from
+    $LMCOURSE_DATA_DIR/conll2003/; without that folder, the offline stand-in (and it says so)."""
+    try:
+        path = tk.conll_path(split)
+    except data.DataError as e:
+        sents = offline_sentences(split)
+        print(f"No CoNLL-2003 data ({e}).\nUsing the {sents.source}: {len(sents.texts):,} sentences. "
+              "Numbers will differ from a news-domain run.")
+        return sents
+    return Sentences(tk.conll_texts(path), f"CoNLL-2003 {split}", str(path), news=True)
+
+
+def encode(tokenizer: Any, texts: Sequence[str], max_length: int = 128) -> list[dict[str, list[int]]]:
+    """[{"input_ids": [CLS] ... [SEP]}] for each text, truncated to max_length tokens."""
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length,
+                    return_attention_mask=False, return_token_type_ids=False)
+    return [{"input_ids": ids} for ids in enc["input_ids"]]
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def bert_config(tokenizer: Any, hidden_size: int = 128, num_layers: int = 2, num_heads: int = 2,
+                intermediate_size: int | None = None, max_length: int = 128,
+                dropout: float = 0.1) -> Any:
+    """A small `transformers.BertConfig` sized for `tokenizer` (vocabulary, pad id)."""
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size or 4 * hidden_size,
+        max_position_embeddings=max_length,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        pad_token_id=tokenizer.pad_token_id,
+        type_vocab_size=2,
+    )
+
+
+def small_bert(tokenizer: Any, **sizes: Any) -> Any:
+    """A freshly initialised `BertForMaskedLM` (seed before calling it) with `bert_config(**sizes)`."""
+    from transformers import BertForMaskedLM
+
+    return BertForMaskedLM(bert_config(tokenizer, **sizes))
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+# --------------------------------------------------------------------------- fill in the blank
+
+
+def make_blanks(tokenizer: Any, texts: Sequence[str], n: int = 5, seed: int = config.DEFAULT_SEED,
+                min_chars: int = 3, min_words: int = 6, max_words: int = 30,
+                max_tokens: int | None = None) -> list[tuple[str, str]]:
+    """Up to `n` (text with one word replaced by [MASK], the word) from the texts of min_words to
+    max_words words (and at most max_tokens tokens with [CLS] and [SEP], if given): the word is
+    alphabetic, at least `min_chars` long, and a single token of `tokenizer`, so one [MASK] hides
+    exactly it. Sentences are drawn with a seeded generator."""
+    rng = random.Random(seed)
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    out: list[tuple[str, str]] = []
+    for i in order:
+        words = texts[i].split()
+        candidates = [j for j, w in enumerate(words) if j > 0 and w.isalpha() and len(w) >= min_chars
+                      and len(tokenizer.tokenize(w)) == 1]
+        if not min_words <= len(words) <= max_words or not candidates:
+            continue
+        if max_tokens is not None and len(tokenizer(texts[i])["input_ids"]) > max_tokens:
+            continue
+        j = rng.choice(candidates)
+        out.append((" ".join([*words[:j], tokenizer.mask_token, *words[j + 1:]]), words[j]))
+        if len(out) == n:
+            break
+    return out
+
+
+@torch.no_grad()
+def fill_mask(model: Any, tokenizer: Any, texts: Sequence[str], top_k: int = 3) -> list[list[tuple[str, float]]]:
+    """For each text, the top_k (token, probability) predictions at its first [MASK]."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    enc = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt",
+                    max_length=model.config.max_position_embeddings).to(device)
+    logits = model(**enc).logits  # (B, T, V)
+    if was_training:
+        model.train()
+    out = []
+    for row in range(len(texts)):
+        pos = (enc["input_ids"][row] == tokenizer.mask_token_id).nonzero()
+        if len(pos) == 0:
+            raise ValueError(f"No {tokenizer.mask_token} in {texts[row]!r}.")
+        probs = logits[row, pos[0, 0]].float().softmax(-1)  # (V,)
+        p, idx = probs.topk(top_k)
+        out.append([(tokenizer.convert_ids_to_tokens(int(i)), float(q)) for q, i in zip(p, idx)])
+    return out
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def default_checkpoint_dir(name: str = DEFAULT_CHECKPOINT, root: str | Path | None = None,
+                           mode: str | None = None) -> Path:
+    """Where the pretrained model is kept: `root/name/mode`, by default
+    `lm.data.cache_dir()/checkpoints/bert-mlm-conll/<mode>` ($LMCOURSE_CACHE moves the cache).
+
+    One folder per mode (smoke, quick, full; default: the current mode, $LMCOURSE_MODE), so a
+    smoke run never overwrites a real model and a lesson finds the model of its own mode.
+    """
+    base = Path(root) if root is not None else data.cache_dir() / "checkpoints"
+    return base / name / config.get_mode(mode)
+
+
+def save_pretrained_bert(model: Any, tokenizer: Any, folder: str | Path) -> Path:
+    """Save model (config.json, model.safetensors) and tokenizer in `transformers` format, atomically:
+    `AutoModelForMaskedLM.from_pretrained(folder)` and `AutoTokenizer.from_pretrained(folder)` load it."""
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)  # safetensors is transformers' default format
+        tokenizer.save_pretrained(tmp)
+
+    return atomic_save_dir(Path(folder), write)
+
+
+def load_pretrained_bert(folder: str | Path, device: str | torch.device | None = None) -> tuple[Any, Any]:
+    """(model in eval mode on the course device, tokenizer) from a folder of `save_pretrained_bert`."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"No pretrained model in {folder}: run lesson 05b (pretraining BERT) "
+                                "first, or pass the folder it saved to.")
+    model = AutoModelForMaskedLM.from_pretrained(str(folder)).to(config.get_device(device)).eval()
+    return model, AutoTokenizer.from_pretrained(str(folder))
