@@ -381,6 +381,7 @@ class Trainer:
         optimizer: torch.optim.Optimizer | None = None,
         device: str | torch.device | None = None,
         callbacks: Iterable[Callback] = (),
+        preprocess_logits: Callable[[torch.Tensor, Batch], torch.Tensor] | None = None,
     ) -> None:
         self.cfg = cfg if cfg is not None else TrainConfig()
         self.device = config.get_device(device)
@@ -391,6 +392,11 @@ class Trainer:
         self.loss_fn = loss_fn
         self.metrics_fn = metrics_fn
         self.callbacks = list(callbacks)
+        # applied to each eval batch's logits on the device before they are kept for metrics_fn
+        # (like transformers' preprocess_logits_for_metrics): argmax keeps (B, T) ids instead of
+        # (B, T, V) floats, which for a language model's vocabulary is the difference between
+        # megabytes and gigabytes
+        self.preprocess_logits = preprocess_logits
         self.total_steps = self._total_steps()
         self.optimizer = optimizer if optimizer is not None else make_optimizer(model, self.cfg, self.device)
         self.scheduler = make_scheduler(self.optimizer, self.total_steps, self.cfg.warmup_steps,
@@ -557,7 +563,11 @@ class Trainer:
                 if logits is None:
                     raise TypeError("metrics_fn needs logits: the model output has none; return "
                                     "(loss, logits) from loss_fn.")
-                logits_all.append(logits.detach().float().cpu())
+                if self.preprocess_logits is not None:  # e.g. argmax: keep ids, not (B, T, V)
+                    kept = self.preprocess_logits(logits.detach(), batch)
+                else:
+                    kept = logits.detach().float()
+                logits_all.append(kept.cpu())
                 batches_all.append(cpu_batch)
         if was_training:
             self.model.train()

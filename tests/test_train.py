@@ -533,3 +533,28 @@ def test_config_rejects_bad_values():
         tr.TrainConfig(schedule="exp")
     with pytest.raises(lm.config.ConfigError, match="eval_every"):
         tr.TrainConfig(early_stopping_metric="eval_loss")
+
+
+def test_preprocess_logits_keeps_only_what_metrics_need():
+    seen = []
+
+    def accuracy_from_ids(kept, batches):
+        seen.extend(k.dtype for k in kept)
+        pred = torch.cat(kept)
+        gold = torch.cat([b["labels"] for b in batches])
+        return {"accuracy": (pred == gold).float().mean().item()}
+
+    def accuracy(logits, batches):
+        return accuracy_from_ids([lg.argmax(-1) for lg in logits], batches)
+
+    lm.seed_everything(0)
+    data = classification_data()
+    t = tr.Trainer(Classifier(), cfg_(max_steps=40, lr=3e-2), data, data, metrics_fn=accuracy,
+                   device=CPU)
+    t.train()
+    full = t.evaluate()
+    seen.clear()
+    t2 = tr.Trainer(t.model, t.cfg, data, data, metrics_fn=accuracy_from_ids, device=CPU,
+                    preprocess_logits=lambda logits, batch: logits.argmax(-1))
+    assert t2.evaluate() == pytest.approx(full, rel=1e-6)
+    assert seen and all(d == torch.int64 for d in seen)  # ids were kept, not float logits
