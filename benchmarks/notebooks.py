@@ -30,7 +30,7 @@ print(f"PEAK {_peak:.3f} {_gpu:.3f}")
 """
 
 
-def run(path: Path, mode: str, timeout: int) -> tuple[float, float, float, str]:
+def run(path: Path, mode: str, timeout: int, save: Path | None = None) -> tuple[float, float, float, str]:
     """(wall seconds, peak RSS GiB, peak GPU GiB, status) of one notebook in `mode`."""
     nb = nbformat.read(path, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
@@ -44,6 +44,9 @@ def run(path: Path, mode: str, timeout: int) -> tuple[float, float, float, str]:
     except Exception as e:  # report and go on with the other notebooks
         status = f"FAILED: {type(e).__name__}"
     wall = time.perf_counter() - start
+    if save is not None:  # the executed notebook, outputs included, to read its figures
+        save.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, save / path.name)
     peak = gpu = float("nan")
     for out in nb.cells[-1].get("outputs", []):
         text = out.get("text", "")
@@ -57,6 +60,7 @@ def main() -> None:
     ap.add_argument("paths", nargs="*", type=Path, help="notebooks (default: solutions/*.ipynb)")
     ap.add_argument("--mode", default="quick", choices=["smoke", "quick", "full"])
     ap.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
+    ap.add_argument("--save", type=Path, default=None, help="write the executed notebooks here")
     args = ap.parse_args()
     paths = args.paths or sorted((ROOT / "solutions").glob("*.ipynb"))
     print(f"mode {args.mode}; load average {os.getloadavg()[0]:.1f}; "
@@ -65,7 +69,7 @@ def main() -> None:
     total = 0.0
     failed = False
     for p in paths:
-        wall, peak, gpu, status = run(p.resolve(), args.mode, args.timeout)
+        wall, peak, gpu, status = run(p.resolve(), args.mode, args.timeout, args.save)
         total += wall
         failed |= status != "ok"
         print(f"{str(p.resolve().relative_to(ROOT)):<42} {wall:8.1f} {peak:13.2f} {gpu:13.2f}  {status}",
