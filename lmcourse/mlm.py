@@ -16,8 +16,7 @@ from typing import Any
 import torch
 
 from lmcourse import config, data
-from lmcourse import tokenization as tk
-from lmcourse.train import atomic_save_dir
+from lmcourse.train import atomic_save_dir, epoch_generator
 
 IGNORE_INDEX = -100        # label of a position the loss skips (torch's cross_entropy default)
 MLM_PROBABILITY = 0.15     # BERT: predict 15% of the tokens
@@ -206,7 +205,7 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, e
     CoNLL sentences is mostly padding: lengths run from 3 to over 100 tokens). The last batch of
     an epoch may be smaller.
     """
-    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
+    g = epoch_generator(seed, epoch)
     order = torch.randperm(len(lengths), generator=g).tolist()
     span = batch_size * window
     batches = []
@@ -287,13 +286,13 @@ def news_sentences(split: str = "train") -> Sentences:
     """The sentences of a CoNLL-2003 split (labels dropped, tokens joined by spaces), from
     $LMCOURSE_DATA_DIR/conll2003/; without that folder, the offline stand-in (and it says so)."""
     try:
-        path = tk.conll_path(split)
+        path = data.conll_path(split)
     except data.DataError as e:
         sents = offline_sentences(split)
         print(f"No CoNLL-2003 data ({e}).\nUsing the {sents.source}: {len(sents.texts):,} sentences. "
               "Numbers will differ from a news-domain run.")
         return sents
-    return Sentences(tk.conll_texts(path), f"CoNLL-2003 {split}", str(path), news=True)
+    return Sentences(data.conll_texts(path), f"CoNLL-2003 {split}", str(path), news=True)
 
 
 def encode(tokenizer: Any, texts: Sequence[str], max_length: int = 128) -> list[dict[str, list[int]]]:
@@ -331,11 +330,6 @@ def small_bert(tokenizer: Any, **sizes: Any) -> Any:
     from transformers import BertForMaskedLM
 
     return BertForMaskedLM(bert_config(tokenizer, **sizes))
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    """Number of distinct parameters (tied weights counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 # --------------------------------------------------------------------------- fill in the blank

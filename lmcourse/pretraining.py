@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from lmcourse.lm_math import Vocab, train_val_split
+from lmcourse.train import get_logits
 
 IGNORE_INDEX = -100  # targets equal to this do not count in the loss (torch's and transformers' rule)
 
@@ -118,11 +119,7 @@ def init_gpt2_weights(model: nn.Module, std: float = 0.02) -> nn.Module:
 
 def logits_of(out: Any) -> torch.Tensor:
     """Logits from a model's output: a tensor (the course's GPT) or `.logits` (transformers)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    logits = getattr(out, "logits", None)
-    if logits is None and isinstance(out, dict):
-        logits = out.get("logits")
+    logits = get_logits(out)
     if logits is None:
         raise TypeError(f"No logits in the model's output ({type(out).__name__}).")
     return logits

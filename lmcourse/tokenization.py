@@ -9,7 +9,6 @@ The analysis functions take either a raw `tokenizers.Tokenizer` or a `transforme
 from __future__ import annotations
 
 import json
-import re
 import time
 import unicodedata
 from collections import Counter
@@ -26,9 +25,6 @@ from tokenizers import (
     processors,
     trainers,
 )
-
-from lmcourse import config
-from lmcourse.data import DataError
 
 # BERT's special tokens, in BERT's id order: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4.
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -463,77 +459,3 @@ def load_tokenizer(folder: str | Path) -> Any:
 def saved_config(folder: str | Path) -> dict[str, Any]:
     """The tokenizer_config.json of a saved tokenizer folder, as a dict."""
     return json.loads((Path(folder) / "tokenizer_config.json").read_text(encoding="utf-8"))
-
-
-# --------------------------------------------------------------------------------------------
-# CoNLL sentences as training text
-# --------------------------------------------------------------------------------------------
-
-CONLL_COLUMNS = ("token", "POS", "chunk", "NER")
-CONLL_DIR = "conll2003"
-CONLL_SPLITS = ("train", "valid", "test")
-_TAG = re.compile(r"^(O|[BIES]-\S+)$")  # IOB/IOBES tags: O, B-PER, I-LOC, ...
-
-
-def read_conll_sentences(path: str | Path) -> list[list[str]]:
-    """The sentences of a CoNLL-2003 file as lists of tokens.
-
-    The file has one token per line with 4 columns `token POS chunk NER`, a blank line between
-    sentences and `-DOCSTART-` lines between documents (skipped). A malformed line raises a
-    DataError naming the file and the line number.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"No CoNLL file at {path}. Point {config.ENV_DATA_DIR} at a folder holding "
-                        f"{CONLL_DIR}/train.txt, or pass the file's path.")
-    sentences: list[list[str]] = []
-    current: list[str] = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                fields = line.split()
-                if not fields or fields[0] == "-DOCSTART-":
-                    if current:
-                        sentences.append(current)
-                        current = []
-                    continue
-                if len(fields) != len(CONLL_COLUMNS):
-                    raise DataError(
-                        f"{path}, line {lineno}: expected {len(CONLL_COLUMNS)} columns "
-                        f"({' '.join(CONLL_COLUMNS)}), found {len(fields)}: {line.rstrip()!r}. "
-                        "Is this a CoNLL-2003 file? Sentences are separated by blank lines."
-                    )
-                if not _TAG.match(fields[3]):
-                    raise DataError(
-                        f"{path}, line {lineno}: the NER column holds {fields[3]!r}, not a tag like "
-                        f"O, B-PER or I-LOC: {line.rstrip()!r}. Are the columns shifted?"
-                    )
-                current.append(fields[0])
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text (byte {e.start}). Convert it, e.g. "
-                        "`iconv -f latin1 -t utf-8`, or replace the file.") from e
-    if current:
-        sentences.append(current)
-    if not sentences:
-        raise DataError(f"{path} holds no sentences (only blank or -DOCSTART- lines).")
-    return sentences
-
-
-def conll_path(split: str = "train") -> Path:
-    """`$LMCOURSE_DATA_DIR/conll2003/<split>.txt`, checked to exist."""
-    if split not in CONLL_SPLITS:
-        raise DataError(f"Unknown CoNLL split {split!r}; choose one of {CONLL_SPLITS}.")
-    data_dir = config.data_dir_from_env()
-    if data_dir is None:
-        raise DataError(f"{config.ENV_DATA_DIR} is unset: set it to a folder holding "
-                        f"{CONLL_DIR}/{split}.txt (the CoNLL-2003 files).")
-    path = data_dir / CONLL_DIR / f"{split}.txt"
-    if not path.is_file():
-        raise DataError(f"No {path}. Put the CoNLL-2003 {split} file there, or point "
-                        f"{config.ENV_DATA_DIR} at a folder that has it.")
-    return path
-
-
-def conll_texts(path: str | Path) -> list[str]:
-    """The sentences of a CoNLL file as strings, tokens joined by single spaces (training text)."""
-    return [" ".join(tokens) for tokens in read_conll_sentences(path)]

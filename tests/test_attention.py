@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from lmcourse import attention as A
-from lmcourse import widgets
+from lmcourse import data, widgets
 
 ATOL = 1e-5
 
@@ -307,8 +307,8 @@ def test_hf_attention_matches_our_attention_on_a_tiny_bert():
 
 
 def test_pretrained_bert_explorer_if_installed():
-    if widgets.packaged_bert_dir() is None:
-        pytest.skip(f"{widgets.OFFLINE_BERT} is not installed")
+    if data.packaged_bert_dir() is None:
+        pytest.skip(f"{data.OFFLINE_BERT} is not installed")
     model, tok, source = widgets.load_pretrained_bert("cpu")
     tokens, maps = widgets.hf_attention_fn(model, tok)("Attention is all you need.")
     assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"

@@ -143,3 +143,74 @@ def test_interrupted_download_leaves_no_file_behind(tmp_path, monkeypatch):
     with pytest.raises(ConnectionResetError):
         data.download("https://example.org/x.txt", dest)
     assert not dest.exists() and not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ CoNLL reader
+
+CONLL = """-DOCSTART- -X- -X- O
+
+EU NNP B-NP B-ORG
+rejects VBZ B-VP O
+German JJ B-NP B-MISC
+call NN I-NP O
+. . O O
+
+Peter NNP B-NP B-PER
+Blackburn NNP I-NP I-PER
+
+
+-DOCSTART- -X- -X- O
+
+BRUSSELS NNP B-NP B-LOC
+1996-08-22 CD I-NP O"""  # no blank line at the end, and two blank lines in a row above
+
+
+def test_read_conll_sentences(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_text(CONLL + "\n")
+    sentences = data.read_conll_sentences(path)
+    assert sentences == [["EU", "rejects", "German", "call", "."], ["Peter", "Blackburn"],
+                         ["BRUSSELS", "1996-08-22"]]
+    path.write_text(CONLL)  # ends without a newline
+    assert data.read_conll_sentences(path)[-1] == ["BRUSSELS", "1996-08-22"]
+    assert data.conll_texts(path)[0] == "EU rejects German call ."
+
+
+def test_read_conll_malformed_line_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.txt"
+    lines = CONLL.splitlines()
+    lines[3] = "rejects VBZ B-VP"  # 3 columns on line 4
+    path.write_text("\n".join(lines))
+    with pytest.raises(DataError, match=r"bad\.txt, line 4: expected 4 columns.*found 3"):
+        data.read_conll_sentences(path)
+    lines[3] = "rejects VBZ O B-VP_wrong extra"
+    path.write_text("\n".join(lines))
+    with pytest.raises(DataError, match="line 4"):
+        data.read_conll_sentences(path)
+    lines[3] = "rejects VBZ O B-VP_wrong".replace("B-VP_wrong", "VBZ")  # columns shifted
+    path.write_text("\n".join(lines))
+    with pytest.raises(DataError, match=r"line 4: the NER column holds 'VBZ'"):
+        data.read_conll_sentences(path)
+
+
+def test_read_conll_missing_or_empty_file(tmp_path):
+    with pytest.raises(DataError, match="No CoNLL file at .*nope.txt"):
+        data.read_conll_sentences(tmp_path / "nope.txt")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("-DOCSTART- -X- -X- O\n\n\n")
+    with pytest.raises(DataError, match="no sentences"):
+        data.read_conll_sentences(empty)
+
+
+def test_conll_path_uses_data_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("LMCOURSE_DATA_DIR", raising=False)
+    with pytest.raises(DataError, match="LMCOURSE_DATA_DIR is unset"):
+        data.conll_path("train")
+    monkeypatch.setenv("LMCOURSE_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataError, match="No .*conll2003.*train.txt"):
+        data.conll_path("train")
+    (tmp_path / "conll2003").mkdir()
+    (tmp_path / "conll2003" / "train.txt").write_text(CONLL)
+    assert data.conll_path("train") == (tmp_path / "conll2003" / "train.txt").resolve()
+    with pytest.raises(DataError, match="Unknown CoNLL split"):
+        data.conll_path("dev")

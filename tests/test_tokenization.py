@@ -6,7 +6,7 @@ import json
 import pytest
 
 from lmcourse import tokenization as tk
-from lmcourse.data import DataError, pydoc_corpus
+from lmcourse.data import pydoc_corpus
 
 # Real English (Python's help texts, on every install) plus lines where "Paris" and "paris" are
 # both frequent, so that a cased vocabulary must hold both.
@@ -280,74 +280,3 @@ def test_vocab_summary(kind, wordpiece, bpe):
 def test_analyses_accept_transformers_tokenizers_only_when_fast():
     with pytest.raises(TypeError, match="tokenizers.Tokenizer"):
         tk.fertility(object(), ["a b"])
-
-
-# ------------------------------------------------------------------ CoNLL reader
-
-CONLL = """-DOCSTART- -X- -X- O
-
-EU NNP B-NP B-ORG
-rejects VBZ B-VP O
-German JJ B-NP B-MISC
-call NN I-NP O
-. . O O
-
-Peter NNP B-NP B-PER
-Blackburn NNP I-NP I-PER
-
-
--DOCSTART- -X- -X- O
-
-BRUSSELS NNP B-NP B-LOC
-1996-08-22 CD I-NP O"""  # no blank line at the end, and two blank lines in a row above
-
-
-def test_read_conll_sentences(tmp_path):
-    path = tmp_path / "train.txt"
-    path.write_text(CONLL + "\n")
-    sentences = tk.read_conll_sentences(path)
-    assert sentences == [["EU", "rejects", "German", "call", "."], ["Peter", "Blackburn"],
-                         ["BRUSSELS", "1996-08-22"]]
-    path.write_text(CONLL)  # ends without a newline
-    assert tk.read_conll_sentences(path)[-1] == ["BRUSSELS", "1996-08-22"]
-    assert tk.conll_texts(path)[0] == "EU rejects German call ."
-
-
-def test_read_conll_malformed_line_names_file_and_line(tmp_path):
-    path = tmp_path / "bad.txt"
-    lines = CONLL.splitlines()
-    lines[3] = "rejects VBZ B-VP"  # 3 columns on line 4
-    path.write_text("\n".join(lines))
-    with pytest.raises(DataError, match=r"bad\.txt, line 4: expected 4 columns.*found 3"):
-        tk.read_conll_sentences(path)
-    lines[3] = "rejects VBZ O B-VP_wrong extra"
-    path.write_text("\n".join(lines))
-    with pytest.raises(DataError, match="line 4"):
-        tk.read_conll_sentences(path)
-    lines[3] = "rejects VBZ O B-VP_wrong".replace("B-VP_wrong", "VBZ")  # columns shifted
-    path.write_text("\n".join(lines))
-    with pytest.raises(DataError, match=r"line 4: the NER column holds 'VBZ'"):
-        tk.read_conll_sentences(path)
-
-
-def test_read_conll_missing_or_empty_file(tmp_path):
-    with pytest.raises(DataError, match="No CoNLL file at .*nope.txt"):
-        tk.read_conll_sentences(tmp_path / "nope.txt")
-    empty = tmp_path / "empty.txt"
-    empty.write_text("-DOCSTART- -X- -X- O\n\n\n")
-    with pytest.raises(DataError, match="no sentences"):
-        tk.read_conll_sentences(empty)
-
-
-def test_conll_path_uses_data_dir(tmp_path, monkeypatch):
-    monkeypatch.delenv("LMCOURSE_DATA_DIR", raising=False)
-    with pytest.raises(DataError, match="LMCOURSE_DATA_DIR is unset"):
-        tk.conll_path("train")
-    monkeypatch.setenv("LMCOURSE_DATA_DIR", str(tmp_path))
-    with pytest.raises(DataError, match="No .*conll2003.*train.txt"):
-        tk.conll_path("train")
-    (tmp_path / "conll2003").mkdir()
-    (tmp_path / "conll2003" / "train.txt").write_text(CONLL)
-    assert tk.conll_path("train") == (tmp_path / "conll2003" / "train.txt").resolve()
-    with pytest.raises(DataError, match="Unknown CoNLL split"):
-        tk.conll_path("dev")

