@@ -1,14 +1,64 @@
-"""Pytest setup for the whole repository: CUDA-only tests, and a per-notebook execution summary."""
+"""Pytest setup for the whole repository: private caches, CUDA-only tests, and a per-notebook
+execution summary.
+
+Tests never write into a learner's real cache. Each pytest process (each xdist worker) gets a
+temporary folder of its own for $LMCOURSE_CACHE and the Hugging Face caches, and every executed
+notebook gets a folder of its own below it, set before its kernel starts. So two copies of the same
+lesson running side by side (learner and solution, on two workers) never see each other's
+checkpoints or tokenizers.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import tempfile
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
+
+# Variables pointing at folders a test or a notebook may write; each gets a private folder.
+CACHE_VARIABLES = ("LMCOURSE_CACHE", "HF_HOME", "HF_DATASETS_CACHE")
+_private: dict[str, Path] = {}  # "root" -> this process's folder
 
 _cells: dict[str, list[float]] = defaultdict(list)
 _failed: set[str] = set()
 _span: dict[str, list[float]] = {}
+
+
+def private_caches(root: Path) -> dict[str, str]:
+    """A folder below `root` for each cache variable."""
+    return {name: str(root / name.lower()) for name in CACHE_VARIABLES}
+
+
+def pytest_configure(config):
+    """Point every cache variable at a fresh folder of this process's own."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    root = Path(tempfile.mkdtemp(prefix=f"lmcourse-test-{worker}-"))
+    _private["root"] = root
+    os.environ.update(private_caches(root / "tests"))
+
+
+def pytest_unconfigure(config):
+    root = _private.pop("root", None)
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before a notebook's kernel starts (in the setup of its first cell), give it its own caches;
+    other tests get the process's folder back."""
+    root = _private.get("root")
+    if root is None:
+        return
+    path = item.nodeid.split("::")[0]
+    if path.endswith(".ipynb"):
+        os.environ.update(private_caches(root / "notebooks" / re.sub(r"[^\w.-]", "_", path)))
+    else:
+        os.environ.update(private_caches(root / "tests"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,6 +9,11 @@ from dataclasses import dataclass
 
 import torch
 
+# The label of a position that no loss counts (padding, unmasked MLM positions, subword
+# continuations): torch's cross_entropy default and transformers' convention. The one definition
+# in the course; every other module imports it from here.
+IGNORE_INDEX = -100
+
 
 def softmax(logits: torch.Tensor, dim: int = -1, temperature: float = 1.0) -> torch.Tensor:
     """Numerically stable softmax of `logits / temperature` along `dim`."""
@@ -27,7 +32,7 @@ def log_softmax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def cross_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
     """Mean negative log-likelihood of `targets` under `softmax(logits)`; equals F.cross_entropy.
 

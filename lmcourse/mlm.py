@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from lmcourse import config, data
-from lmcourse.train import atomic_save_dir, epoch_generator
+from lmcourse.batching import epoch_generator
+from lmcourse.checkpoints import atomic_save_dir
 
 IGNORE_INDEX = -100        # label of a position the loss skips (torch's cross_entropy default)
 MLM_PROBABILITY = 0.15     # BERT: predict 15% of the tokens

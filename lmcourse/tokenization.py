@@ -83,6 +83,54 @@ def _train(tokenizer: Tokenizer, texts: str | Iterable[str], trainer: trainers.T
                          "iterator of strings.")
 
 
+def _wordpiece_pipeline(cased: bool) -> Tokenizer:
+    """An untrained WordPiece tokenizer with BERT's normalizer, pre-tokenizer and decoder."""
+    tokenizer = Tokenizer(models.WordPiece(unk_token=UNK, continuing_subword_prefix=CONTINUATION))
+    # NFC first: "é" typed as e + combining accent and "é" as one code point become the same text.
+    # BertNormalizer then cleans control characters and spaces CJK characters, as BERT does.
+    tokenizer.normalizer = normalizers.Sequence([
+        normalizers.NFC(),
+        normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                   strip_accents=not cased, lowercase=not cased),
+    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece(prefix=CONTINUATION)
+    return tokenizer
+
+
+def _word_counts(tokenizer: Tokenizer, texts: str | Iterable[str]) -> Counter[str]:
+    """How often each word occurs, words as `tokenizer`'s normalizer and pre-tokenizer cut them."""
+    counts: Counter[str] = Counter()
+    normalize, split = tokenizer.normalizer.normalize_str, tokenizer.pre_tokenizer.pre_tokenize_str
+    for batch in _training_batches(texts):
+        for text in batch:
+            counts.update(word for word, _ in split(normalize(text)))
+    return counts
+
+
+def _kept_alphabet(counts: Counter[str], limit: int | None) -> set[str]:
+    """The `limit` most frequent characters (all when None); ties go to the smaller code point."""
+    chars: Counter[str] = Counter()
+    for word, n in counts.items():
+        for c in word:
+            chars[c] += n
+    ranked = sorted(chars, key=lambda c: (-chars[c], c))
+    return set(ranked if limit is None else ranked[:limit])
+
+
+def _continuation_marks(alphabet: set[str], continuing: set[str]) -> dict[str, str]:
+    """A private code point for each character seen inside a word (its "##c" form), in code
+    point order and never one of the alphabet's own characters."""
+    marks: dict[str, str] = {}
+    code = 0xF0000  # Supplementary Private Use Area-A: no real text uses it
+    for c in sorted(continuing):
+        while chr(code) in alphabet:
+            code += 1
+        marks[c] = chr(code)
+        code += 1
+    return marks
+
+
 def train_wordpiece(
     texts: str | Iterable[str],
     vocab_size: int = 8000,
@@ -98,30 +146,59 @@ def train_wordpiece(
     "paris" can be different tokens. Uncased: lowercase and strip accents (bert-base-uncased).
     Words come from BertPreTokenizer (split at whitespace and at every punctuation mark); pieces
     after the first of a word carry the "##" prefix. A word with a character outside the learned
-    alphabet becomes one [UNK]. The post-processor adds [CLS] ... [SEP] (and, for a pair,
-    [CLS] A [SEP] B [SEP] with token type ids 0 for A and 1 for B).
-    Note: the `tokenizers` trainer picks merges by pair frequency (as BPE does); Google's original
-    WordPiece picks them by likelihood gain. The model (greedy longest match, "##") is WordPiece's.
+    alphabet (the `limit_alphabet` most frequent characters) becomes one [UNK]. The post-processor
+    adds [CLS] ... [SEP] (and, for a pair, [CLS] A [SEP] B [SEP] with token type ids 0 and 1).
+
+    Merges are picked by pair frequency, as the `tokenizers` WordPiece trainer does (Google's
+    original WordPiece picks them by likelihood gain); the model that encodes with the result
+    (greedy longest match, "##") is WordPiece's. Training is deterministic: the same texts and
+    settings give the same vocabulary and ids in every process. (`tokenizers`' own WordPieceTrainer
+    numbers its "##c" symbols in hash-table order, which changes from process to process, and ties
+    between equally frequent merges then go different ways: about 15% of a 2,000-token vocabulary
+    moved.) So the words are counted here, every character inside a word is written as a private
+    code point of its own (its "##" form), and the byte-pair trainer, whose symbols are numbered
+    in code-point order and whose ties go to the smaller pair, learns the merges.
     """
-    tokenizer = Tokenizer(models.WordPiece(unk_token=UNK, continuing_subword_prefix=CONTINUATION))
-    # NFC first: "é" typed as e + combining accent and "é" as one code point become the same text.
-    # BertNormalizer then cleans control characters and spaces CJK characters, as BERT does.
-    tokenizer.normalizer = normalizers.Sequence([
-        normalizers.NFC(),
-        normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                   strip_accents=not cased, lowercase=not cased),
-    ])
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece(prefix=CONTINUATION)
-    trainer = trainers.WordPieceTrainer(
+    tokenizer = _wordpiece_pipeline(cased)
+    counts = _word_counts(tokenizer, texts)
+    if not counts:
+        raise ValueError("The training texts are empty. Pass a corpus text, a list of strings or an "
+                         "iterator of strings.")
+    alphabet = _kept_alphabet(counts, limit_alphabet)
+    continuing = {c for word in counts for c in word[1:] if c in alphabet}
+    marks = _continuation_marks(alphabet, continuing)
+    unmark = {m: c for c, m in marks.items()}
+
+    def marked(word: str) -> str:  # "Paris" -> "P" + the marks of a, r, i, s; unknown chars dropped
+        return "".join(c if i == 0 else marks[c] for i, c in enumerate(word) if c in alphabet)
+
+    def lines() -> Iterator[str]:  # each word as often as it occurs, in a fixed order
+        for word in sorted(counts):
+            w = marked(word)
+            if w:
+                yield " ".join([w] * counts[word])
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
         special_tokens=list(WORDPIECE_SPECIALS),
-        limit_alphabet=limit_alphabet,
-        continuing_subword_prefix=CONTINUATION,
+        initial_alphabet=sorted(alphabet),  # every kept character also stands alone (word start)
         show_progress=show_progress,
     )
-    _train(tokenizer, texts, trainer)
+    bpe.train_from_iterator(lines(), trainer=trainer)
+
+    def as_wordpiece(token: str) -> str:
+        if token in WORDPIECE_SPECIALS:
+            return token
+        if token[0] in unmark:  # a piece from inside a word: "##" + its characters
+            return CONTINUATION + "".join(unmark[c] for c in token)
+        return token[0] + "".join(unmark[c] for c in token[1:])
+
+    vocab = {as_wordpiece(t): i for t, i in bpe.get_vocab().items()}
+    tokenizer.model = models.WordPiece(vocab, unk_token=UNK, continuing_subword_prefix=CONTINUATION)
+    tokenizer.add_special_tokens(list(WORDPIECE_SPECIALS))
     cls_id, sep_id = tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{CLS}:0 $A:0 {SEP}:0",

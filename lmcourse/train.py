@@ -13,11 +13,9 @@ import contextlib
 import itertools
 import json
 import math
-import os
 import random
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,12 +29,29 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from lmcourse import config
+from lmcourse.batching import batch_size_of, epoch_order, labelled_count, to_device
+from lmcourse.checkpoints import (
+    STEP_PREFIX,
+    atomic_save_dir,
+    is_step_folder,
+    latest_checkpoint,
+    list_checkpoints,
+    remove_stale_temps,
+    step_folder,
+)
 
 SCHEDULES = ("constant", "linear", "cosine")
+# How evaluation averages the loss over the eval set (TrainConfig.eval_loss_per):
+#   token       per labelled token (labels != -100): MLM, token classification (NER)
+#   next_token  per labelled token after the first of each row: models that shift labels inside
+#               (transformers' causal LMs given labels=input_ids)
+#   example     per example: sequence classification, or any loss without token labels
+#   auto        token-level labels (2-D or more) -> next_token for a transformers causal LM called
+#               without loss_fn, else token; anything else -> example
+EVAL_LOSS_UNITS = ("auto", "token", "next_token", "example")
 WEIGHTS_FILE = "model.safetensors"   # the model's parameters and buffers (safetensors)
 STATE_FILE = "trainer_state.pt"      # optimizer, scheduler, scaler, RNG, step, data position
 INFO_FILE = "trainer_config.json"    # the TrainConfig, for people reading the folder
-_CKPT_RE = re.compile(r"^step-(\d+)$")
 
 Batch = Any  # a dict of tensors passed as model(**batch); anything a custom loss_fn accepts
 LossFn = Callable[[nn.Module, Batch], Any]  # (model, batch) -> loss, or (loss, logits)
@@ -68,6 +83,9 @@ class TrainConfig:
     #                                      off on CPU; True: also on CPU (bf16); False: off
     eval_every: int | None = None  # evaluate every this many steps (and at the end); None: never
     max_eval_batches: int | None = None  # evaluate on at most this many batches; None: all
+    eval_loss_per: str = "auto"    # what eval_loss averages over: token | next_token | example
+    #                                | auto (see EVAL_LOSS_UNITS); the result equals the loss of the
+    #                                whole eval set taken as one batch, whatever the batching
     early_stopping_metric: str | None = None  # e.g. "eval_loss" or "eval_accuracy"; None: off
     early_stopping_mode: str = "min"  # "min": lower is better; "max": higher is better
     early_stopping_patience: int = 3  # stop after this many evaluations without improvement
@@ -93,6 +111,15 @@ class TrainConfig:
             raise config.ConfigError("batch_size and grad_accum_steps must be at least 1.")
         if self.early_stopping_metric and not self.eval_every:
             raise config.ConfigError("Early stopping needs evaluations: set eval_every.")
+        if self.eval_loss_per not in EVAL_LOSS_UNITS:
+            raise config.ConfigError(f"eval_loss_per={self.eval_loss_per!r}; choose one of "
+                                     f"{EVAL_LOSS_UNITS}.")
+        for name in ("eval_every", "save_every", "log_every", "max_eval_batches"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                fix = "1 (every step)" if name == "log_every" else "None (never)"
+                raise config.ConfigError(f"{name}={value}: it counts steps or batches, so it must "
+                                         f"be at least 1; use {fix}.")
 
 
 @dataclass
@@ -229,111 +256,8 @@ def get_logits(out: Any) -> torch.Tensor | None:
     return logits
 
 
-def to_device(batch: Any, device: torch.device) -> Any:
-    """Move every tensor in a (nested) dict/list/tuple to `device`."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
-        return type(batch)(*(to_device(v, device) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
-
-
-def batch_size_of(batch: Any) -> int:
-    """The number of examples in a batch: the first dimension of its first tensor."""
-    if isinstance(batch, torch.Tensor):
-        return batch.shape[0] if batch.ndim else 1
-    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else []
-    for v in values:
-        n = batch_size_of(v)
-        if n:
-            return n
-    return 0
-
-
 def _is_map_style(data: Any) -> bool:
     return isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__"))
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """A CPU generator seeded by (seed, epoch): each epoch's shuffle is fixed and differs."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
-
-
-def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
-    """The example order of one epoch: a permutation drawn from `epoch_generator(seed, epoch)`."""
-    if not shuffle:
-        return list(range(n))
-    return torch.randperm(n, generator=epoch_generator(seed, epoch)).tolist()
-
-
-# --------------------------------------------------------------------------- checkpoint files
-
-
-def _fsync(path: Path) -> None:
-    # a directory's entry (a rename) is durable only once the directory itself is fsynced
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
-    try:
-        fd = os.open(path, flags)
-    except OSError:  # Windows cannot open a directory; NTFS renames are journaled anyway
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def list_checkpoints(directory: str | Path) -> list[Path]:
-    """The complete checkpoints in `directory`, oldest first (temp folders are never listed)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir()
-             if p.is_dir() and (m := _CKPT_RE.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(directory: str | Path) -> Path | None:
-    """The newest complete checkpoint in `directory`, or None."""
-    ckpts = list_checkpoints(directory)
-    return ckpts[-1] if ckpts else None
-
-
-def atomic_save_dir(final: Path, write: Callable[[Path], None]) -> Path:
-    """Let `write(tmp)` fill a temp folder beside `final`, fsync it, then rename it to `final`.
-
-    The rename is atomic, so `final` either holds the complete new contents or does not exist
-    (or, when it existed, still holds the old ones): a crash mid-save never leaves half a folder
-    under a checkpoint's name, only a hidden `.tmp-*` folder that the next save removes. (When
-    `final` already exists it is first moved aside into `.old-*`; a hard crash between the two
-    renames leaves it there.)
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    old: Path | None = None
-    try:
-        write(tmp)
-        for f in tmp.iterdir():
-            _fsync(f)
-        _fsync(tmp)
-        if final.exists():  # os.replace cannot replace a non-empty folder: move the old aside
-            old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=final.parent))
-            os.replace(final, old / final.name)
-        os.replace(tmp, final)
-        _fsync(final.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not final.exists() and (old / final.name).exists():
-            os.replace(old / final.name, final)  # put the previous contents back
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def _rng_state() -> dict[str, Any]:
@@ -412,6 +336,7 @@ class Trainer:
         self.history = History()
         self._best_weights: dict[str, torch.Tensor] | None = None
         self._batches: Iterator[Batch] | None = None
+        self.last_eval_loss_unit: str | None = None  # what the last evaluate() averaged over
 
     # ----------------------------------------------------------------- data
 
@@ -537,15 +462,41 @@ class Trainer:
             return iter(data(0))
         return iter(data)
 
+    def eval_loss_unit(self, batch: Batch) -> str:
+        """What eval_loss averages over for batches like `batch`: token, next_token or example
+        (cfg.eval_loss_per, with "auto" resolved as EVAL_LOSS_UNITS describes)."""
+        unit = self.cfg.eval_loss_per
+        if unit != "auto":
+            return unit
+        labels = batch.get("labels") if isinstance(batch, Mapping) else None
+        if not isinstance(labels, torch.Tensor) or labels.ndim < 2:
+            return "example"
+        name = type(self.model).__name__
+        if self.loss_fn is None and name.endswith(("ForCausalLM", "LMHeadModel")):
+            return "next_token"
+        return "token"
+
+    def _loss_weight(self, batch: Batch, unit: str) -> int:
+        if unit == "example":
+            return batch_size_of(batch) or 1
+        return labelled_count(batch, shifted=unit == "next_token")
+
     @torch.no_grad()
     def evaluate(self, data: Any = None) -> dict[str, float]:
-        """eval_loss (mean over examples) and eval_<name> for every metric of metrics_fn."""
+        """eval_loss and eval_<name> for every metric of metrics_fn.
+
+        The model's loss on a batch is a mean (over its labelled tokens, or its examples); each
+        batch's mean is weighted by what it averaged over, so eval_loss is the loss of the whole
+        eval set taken as one batch, however it is cut into batches and padded. What it averages
+        over (`eval_loss_unit`) is kept in `self.last_eval_loss_unit`.
+        """
         data = self.eval_data if data is None else data
         if data is None:
             raise config.ConfigError("Nothing to evaluate: pass eval_data to Trainer or evaluate().")
         was_training = self.model.training
         self.model.eval()
         loss_sum, n_sum = 0.0, 0
+        unit: str | None = None
         logits_all: list[Any] = []
         batches_all: list[Batch] = []
         batches = itertools.islice(self.eval_batches(data), self.cfg.max_eval_batches)
@@ -558,10 +509,12 @@ class Trainer:
             batch = to_device(cpu_batch, self.device)
             with self.autocast():
                 loss, out = self.compute_loss(batch)
-            n = batch_size_of(cpu_batch) or 1
-            loss_sum += loss.float().item() * n
-            n_sum += n
-            bar.set_postfix(loss=f"{loss_sum / n_sum:.4f}")
+            unit = unit or self.eval_loss_unit(cpu_batch)
+            n = self._loss_weight(cpu_batch, unit)
+            if n:  # a batch without a labelled token has no loss (its mean is nan): skip it
+                loss_sum += loss.float().item() * n
+                n_sum += n
+                bar.set_postfix(loss=f"{loss_sum / n_sum:.4f}")
             if self.metrics_fn is not None:
                 logits = get_logits(out)
                 if logits is None:
@@ -575,7 +528,8 @@ class Trainer:
                 batches_all.append(cpu_batch)
         if was_training:
             self.model.train()
-        result = {"eval_loss": loss_sum / max(n_sum, 1)}
+        self.last_eval_loss_unit = unit
+        result = {"eval_loss": loss_sum / n_sum if n_sum else math.nan}
         if self.metrics_fn is not None:
             for k, v in self.metrics_fn(logits_all, batches_all).items():
                 result[k if k.startswith("eval_") else f"eval_{k}"] = float(v)
@@ -670,7 +624,7 @@ class Trainer:
         if path is None:
             if not self.cfg.checkpoint_dir:
                 raise config.ConfigError("No checkpoint path: pass one or set cfg.checkpoint_dir.")
-            path = Path(self.cfg.checkpoint_dir) / f"step-{self.state.step:08d}"
+            path = step_folder(self.cfg.checkpoint_dir, self.state.step)
         path = Path(path)
         info = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.cfg).items()}
         sd = self.state_dict()
@@ -681,10 +635,9 @@ class Trainer:
             torch.save(sd, tmp / STATE_FILE)
             (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
 
-        for stale in path.parent.glob(".tmp-step-*"):  # left by a save that was killed outright
-            shutil.rmtree(stale, ignore_errors=True)
+        remove_stale_temps(path.parent, f"{STEP_PREFIX}*" if is_step_folder(path) else path.name)
         atomic_save_dir(path, write)
-        if self.cfg.keep_last and _CKPT_RE.match(path.name):
+        if self.cfg.keep_last and is_step_folder(path):
             for old in list_checkpoints(path.parent)[:-self.cfg.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
         return path

@@ -214,6 +214,30 @@ def test_saved_checkpoint_reloads_with_from_pretrained(trained, tokenizer, tmp_p
         mlm.load_pretrained_bert(tmp_path / "nothing")
 
 
+def test_saving_over_a_checkpoint_is_atomic(trained, tokenizer, tmp_path, monkeypatch):
+    """A save that dies halfway (the tokenizer fails after the weights were written) leaves the
+    previous checkpoint complete and unchanged, and no half folder under the name."""
+    model, _, _ = trained
+    folder = mlm.save_pretrained_bert(model, tokenizer, tmp_path / "bert")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # a different model, so a half-written save would show
+
+    def dies(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(tokenizer), "save_pretrained", dies)
+    with pytest.raises(OSError, match="disk full"):
+        mlm.save_pretrained_bert(model, tokenizer, folder)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["bert"]  # no temp folder left behind
+    with torch.no_grad():
+        for p in model.parameters():
+            p.sub_(1.0)
+
+
 def test_fill_mask_and_blanks(trained, tokenizer, sentences):
     model, _, _ = trained
     blanks = mlm.make_blanks(tokenizer, sentences, n=4, seed=0, max_words=20)

@@ -280,3 +280,68 @@ def test_vocab_summary(kind, wordpiece, bpe):
 def test_analyses_accept_transformers_tokenizers_only_when_fast():
     with pytest.raises(TypeError, match="tokenizers.Tokenizer"):
         tk.fertility(object(), ["a b"])
+
+
+# A child process trains both kinds on the same text and prints the vocabularies and encodings.
+_TRAIN_AND_DUMP = """
+import json, sys
+from lmcourse import tokenization as tk
+from lmcourse.data import pydoc_corpus
+text = pydoc_corpus()[0][:60_000]
+probe = ["Paris is the capital of France.", "unbelievably long words appear", text[5000:5400]]
+out = {}
+for kind in ("wordpiece", "bpe"):
+    tok = tk.train_timed(kind, text, vocab_size=800)[0]
+    out[kind] = [sorted(tok.get_vocab().items()), [tok.encode(t).ids for t in probe]]
+json.dump(out, sys.stdout)
+"""
+
+
+def _train_in_process(hash_seed: int) -> dict:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONHASHSEED": str(hash_seed)}
+    done = subprocess.run([sys.executable, "-c", _TRAIN_AND_DUMP], env=env, capture_output=True,
+                          text=True, timeout=300, check=True)
+    return json.loads(done.stdout)
+
+
+def test_training_is_deterministic_across_processes_and_hash_seeds():
+    """Same corpus and settings: the same vocabulary, the same ids, the same encodings, even in
+    processes with different hash seeds (tokenizers' own WordPiece trainer fails this)."""
+    a, b = _train_in_process(1), _train_in_process(2)
+    for kind in ("wordpiece", "bpe"):
+        assert a[kind][0] == b[kind][0], f"{kind}: vocabularies or ids differ between processes"
+        assert a[kind][1] == b[kind][1], f"{kind}: encodings differ between processes"
+    vocab = dict(a["wordpiece"][0])
+    assert [vocab[t] for t in tk.WORDPIECE_SPECIALS] == [0, 1, 2, 3, 4]
+    assert any(t.startswith(tk.CONTINUATION) for t in vocab) and len(vocab) == 800
+
+
+def test_wordpiece_matches_what_tokenizers_trainer_learns(corpus):
+    """The deterministic trainer learns a vocabulary as good as tokenizers' WordPieceTrainer:
+    the same alphabet and specials, nearly the same pieces, the same fertility to 1%."""
+    from tokenizers import Tokenizer, models, trainers
+
+    ours = tk.train_wordpiece(corpus, vocab_size=1000)
+    ref = Tokenizer(models.WordPiece(unk_token=tk.UNK, continuing_subword_prefix=tk.CONTINUATION))
+    ref.normalizer, ref.pre_tokenizer = ours.normalizer, ours.pre_tokenizer
+    ref.train_from_iterator(corpus.splitlines(), trainer=trainers.WordPieceTrainer(
+        vocab_size=1000, special_tokens=list(tk.WORDPIECE_SPECIALS),
+        continuing_subword_prefix=tk.CONTINUATION))
+    a, b = set(ours.get_vocab()), set(ref.get_vocab())
+    assert len(a) == len(b) == 1000
+    assert len(a & b) >= 0.97 * len(b)  # ties at the last merges may go either way
+    assert {t for t in b if len(t.removeprefix("##")) == 1} <= a  # the whole alphabet, both forms
+    lines = corpus.splitlines()
+    assert tk.fertility(ours, lines) == pytest.approx(tk.fertility(ref, lines), rel=0.01)
+
+
+def test_wordpiece_limit_alphabet_keeps_the_most_frequent_characters():
+    text = "aaaa bbbb cccc dd e " * 20 + "zq"
+    tok = tk.train_wordpiece(text, vocab_size=60, limit_alphabet=3)
+    vocab = tok.get_vocab()
+    assert {"a", "b", "c"} <= set(vocab) and not {"d", "e", "z", "q"} & set(vocab)
+    assert tok.encode("dd", add_special_tokens=False).tokens == [tk.UNK]

@@ -20,6 +20,8 @@ from transformers import (
 from transformers import Trainer as HFTrainer
 
 import lmcourse as lm
+from lmcourse import batching as bt
+from lmcourse import checkpoints as ck
 from lmcourse import train as tr
 from lmcourse.transformer import LayerNorm
 
@@ -191,6 +193,80 @@ def test_eval_loss_is_the_mean_over_examples():
     assert capped.evaluate()["eval_loss"] == pytest.approx(first14, rel=1e-5)
 
 
+def ragged_token_data(n=11, vocab=40, seed=0, every=3):
+    """Sequences of 2 to 12 tokens, each with its own number of labelled positions (some none)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        ids = torch.randint(5, vocab, (2 + (i * 7) % 11,), generator=g)
+        labels = torch.full_like(ids, -100)
+        keep = torch.rand(len(ids), generator=g) < (0.0 if i % every == 0 else 0.2 + 0.07 * i)
+        labels[keep] = ids[keep]
+        out.append({"input_ids": ids, "labels": labels})
+    return out
+
+
+def pad_collate(examples):
+    """Pad input_ids with 0, labels with -100; attention_mask 1 on tokens."""
+    T = max(len(e["input_ids"]) for e in examples)
+    batch = {"input_ids": torch.zeros(len(examples), T, dtype=torch.long),
+             "attention_mask": torch.zeros(len(examples), T, dtype=torch.long),
+             "labels": torch.full((len(examples), T), -100, dtype=torch.long)}
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        batch["input_ids"][i, :n], batch["attention_mask"][i, :n] = e["input_ids"], 1
+        batch["labels"][i, :n] = e["labels"]
+    return batch
+
+
+def test_eval_loss_per_token_equals_the_whole_eval_set_as_one_batch():
+    """MLM-style labels (-100 except at a few positions, some examples with none), uneven batches
+    (11 = 3 + 3 + 3 + 2) and padding: eval_loss is the mean over every labelled token."""
+    from transformers import BertForMaskedLM
+
+    lm.seed_everything(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, intermediate_size=37,
+                                       max_position_embeddings=16)).eval()
+    data = ragged_token_data()
+    with torch.no_grad():
+        whole = model(**pad_collate(data)).loss.item()
+    for bs in (3, 4, 11):
+        t = tr.Trainer(model, cfg_(eval_batch_size=bs), None, data, collate_fn=pad_collate, device=CPU)
+        assert t.evaluate()["eval_loss"] == pytest.approx(whole, rel=1e-5), bs
+        assert t.last_eval_loss_unit == "token"
+    per_example = tr.Trainer(model, cfg_(eval_batch_size=3, eval_loss_per="example"), None, data,
+                             collate_fn=pad_collate, device=CPU).evaluate()["eval_loss"]
+    assert per_example != pytest.approx(whole, rel=1e-3)  # the old definition is measurably off
+
+
+def test_eval_loss_per_next_token_for_causal_models_that_shift_labels():
+    model = tiny_gpt(dropout=0.0).eval()
+    data = ragged_token_data(n=9, every=4)
+    for e in data:  # causal LM: labels are the inputs, padding excluded
+        e["labels"] = e["input_ids"].clone()
+    with torch.no_grad():
+        whole = model(**pad_collate(data)).loss.item()
+    t = tr.Trainer(model, cfg_(eval_batch_size=2), None, data, collate_fn=pad_collate, device=CPU)
+    assert t.evaluate()["eval_loss"] == pytest.approx(whole, rel=1e-5)
+    assert t.last_eval_loss_unit == "next_token"
+    tok = tr.Trainer(model, cfg_(eval_batch_size=2, eval_loss_per="token"), None, data,
+                     collate_fn=pad_collate, device=CPU)
+    assert tok.evaluate()["eval_loss"] != pytest.approx(whole, rel=1e-5)
+
+
+def test_eval_loss_of_sequence_labels_is_per_example():
+    data = classification_data(n=20)
+    t = tr.Trainer(Classifier().eval(), cfg_(eval_batch_size=6), data, data, device=CPU)
+    t.evaluate()
+    assert t.last_eval_loss_unit == "example"
+    with pytest.raises(TypeError, match="labels"):
+        bt.labelled_count({"input_ids": torch.zeros(2, 3)})
+    assert bt.labelled_count({"labels": torch.tensor([[1, -100, 2], [-100, -100, 3]])}) == 3
+    assert bt.labelled_count({"labels": torch.tensor([[1, -100, 2], [-100, -100, 3]])},
+                             shifted=True) == 2
+
+
 def test_transformers_models_train_unchanged():
     lm.seed_everything(0)
     t = tr.Trainer(tiny_gpt(dropout=0.0), cfg_(max_steps=40, lr=3e-3, warmup_steps=4),
@@ -228,10 +304,10 @@ def test_factory_data_and_position_within_epoch():
 
 
 def test_epoch_order_is_seeded_by_seed_and_epoch():
-    a = tr.epoch_order(20, seed=3, epoch=0)
-    assert a == tr.epoch_order(20, seed=3, epoch=0) and sorted(a) == list(range(20))
-    assert a != tr.epoch_order(20, seed=3, epoch=1) and a != tr.epoch_order(20, seed=4, epoch=0)
-    assert tr.epoch_order(5, 0, 0, shuffle=False) == [0, 1, 2, 3, 4]
+    a = bt.epoch_order(20, seed=3, epoch=0)
+    assert a == bt.epoch_order(20, seed=3, epoch=0) and sorted(a) == list(range(20))
+    assert a != bt.epoch_order(20, seed=3, epoch=1) and a != bt.epoch_order(20, seed=4, epoch=0)
+    assert bt.epoch_order(5, 0, 0, shuffle=False) == [0, 1, 2, 3, 4]
 
 
 def test_epochs_sets_total_steps():
@@ -403,7 +479,7 @@ def test_save_every_keeps_last_k(tmp_path):
     c = cfg_(max_steps=7, checkpoint_dir=str(tmp_path), save_every=2, keep_last=2)
     t = tr.Trainer(Regressor(), c, regression_data(), device=CPU)
     t.train()
-    assert [p.name for p in tr.list_checkpoints(tmp_path)] == ["step-00000006", "step-00000007"]
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["step-00000006", "step-00000007"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     st = safetensors.torch.load_file(tmp_path / "step-00000007" / tr.WEIGHTS_FILE)
     assert torch.equal(st["net.0.weight"], t.model.net[0].weight)
@@ -432,12 +508,12 @@ def test_crash_mid_save_leaves_previous_checkpoint(tmp_path, monkeypatch, crash)
     else:
         def boom(src, dst):
             raise OSError("power cut")
-        monkeypatch.setattr(tr.os, "replace", boom)
+        monkeypatch.setattr(ck.os, "replace", boom)
     with pytest.raises(OSError):
         t.save_checkpoint()
     monkeypatch.undo()
 
-    assert tr.latest_checkpoint(tmp_path) == good
+    assert ck.latest_checkpoint(tmp_path) == good
     assert [p.name for p in tmp_path.iterdir()] == [good.name]  # no temp folder left behind
     fresh = tr.Trainer(Regressor(), c, regression_data(), device=CPU)
     fresh.load_checkpoint(tmp_path)
@@ -453,7 +529,7 @@ def test_hidden_temp_folder_of_a_killed_save_is_never_latest(tmp_path):
     good = t.save_checkpoint()
     (tmp_path / ".tmp-step-00000009-x").mkdir()  # as if a save of step 9 was killed (SIGKILL)
     (tmp_path / ".tmp-step-00000009-x" / tr.WEIGHTS_FILE).write_bytes(b"half")
-    assert tr.latest_checkpoint(tmp_path) == good
+    assert ck.latest_checkpoint(tmp_path) == good
     t.train(steps=1)
     t.save_checkpoint()
     assert sorted(p.name for p in tmp_path.iterdir()) == [good.name, "step-00000002"]
@@ -533,6 +609,11 @@ def test_config_rejects_bad_values():
         tr.TrainConfig(schedule="exp")
     with pytest.raises(lm.config.ConfigError, match="eval_every"):
         tr.TrainConfig(early_stopping_metric="eval_loss")
+    for name in ("eval_every", "save_every", "log_every", "max_eval_batches"):
+        with pytest.raises(lm.config.ConfigError, match=f"{name}=0.*at least 1"):
+            tr.TrainConfig(**{name: 0})
+    with pytest.raises(lm.config.ConfigError, match="eval_loss_per"):
+        tr.TrainConfig(eval_loss_per="sentence")
 
 
 def test_preprocess_logits_keeps_only_what_metrics_need():
