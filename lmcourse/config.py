@@ -7,7 +7,7 @@ import os
 import platform
 import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,6 +26,7 @@ ENV_DEVICE = "LMCOURSE_DEVICE"      # force a device: cpu, cuda, cuda:1, mps
 ENV_DATA_DIR = "LMCOURSE_DATA_DIR"  # a local folder with the course's data sets
 ENV_OFFLINE = "LMCOURSE_OFFLINE"    # 1: never touch the network
 ENV_STRICT = "LMCOURSE_STRICT_CHECKS"  # 1: a wrong exercise answer raises (CI on solutions)
+ENV_CACHE = "LMCOURSE_CACHE"        # where downloads and saved models go (default ~/.cache/lmcourse)
 HF_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", ENV_OFFLINE)
 
 
@@ -148,15 +149,33 @@ def seed_everything(seed: int = DEFAULT_SEED) -> torch.Generator:
 
 @dataclass
 class Config:
-    """What a notebook needs to know about where and how it runs."""
+    """What a notebook needs to know about where and how it runs.
+
+    Mode, device and seed are chosen once, by `setup`. Where data comes from, whether the network
+    may be used and where the cache is are read from the environment each time they are asked for,
+    by the same functions the loaders call, so the Config and the loaders can never disagree
+    (a learner who sets $LMCOURSE_DATA_DIR after setup sees both follow).
+    """
 
     lesson: str          # the notebook's name, e.g. "01_lm_math"
     mode: str            # smoke (CI, seconds) | quick (laptop CPU, minutes) | full (GPU, real run)
     device: torch.device  # where tensors and models go: cuda, then mps, then cpu
-    offline: bool        # True when an offline variable is set: no Hub, no downloads
-    data_dir: Path | None  # local data folder from $LMCOURSE_DATA_DIR, or None
     seed: int = DEFAULT_SEED  # the seed lessons pass to seed_everything before random steps
-    extra: dict[str, Any] = field(default_factory=dict)  # anything a lesson adds
+
+    @property
+    def offline(self) -> bool:
+        """True when an offline variable is set: no Hub, no downloads (`is_offline`)."""
+        return is_offline()
+
+    @property
+    def data_dir(self) -> Path | None:
+        """The local data folder from $LMCOURSE_DATA_DIR, or None (`data_dir_from_env`)."""
+        return data_dir_from_env()
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where downloads and saved models go (`cache_dir`)."""
+        return cache_dir()
 
     def params(self, **by_mode: dict[str, Any]) -> SimpleNamespace:
         """Pick this mode's sizes from a dict per mode; every mode must name the same keys."""
@@ -203,6 +222,11 @@ def data_dir_from_env() -> Path | None:
     return path.resolve()
 
 
+def cache_dir() -> Path:
+    """Where downloads and saved models are kept: $LMCOURSE_CACHE, else ~/.cache/lmcourse."""
+    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "lmcourse").expanduser()
+
+
 def versions() -> dict[str, str]:
     """Versions of Python and the main packages ('missing' when not installed)."""
     from importlib import metadata
@@ -228,10 +252,9 @@ def setup(
         lesson=lesson,
         mode=get_mode(mode),
         device=get_device(device),
-        offline=is_offline(),
-        data_dir=data_dir_from_env(),
         seed=seed,
     )
+    data_dir_from_env()  # a bad $LMCOURSE_DATA_DIR fails here, at the top, with the fix
     if not quiet:
         print(environment_report(cfg))
     return cfg

@@ -16,7 +16,7 @@ Tensor = torch.Tensor
 # --------------------------------------------------------------------------- softmax + cross-entropy
 
 
-def softmax_ce_grad(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
+def softmax_ce_grad(logits: Tensor, targets: Tensor, ignore_index: int = lm_math.IGNORE_INDEX) -> Tensor:
     """Gradient of the mean cross-entropy w.r.t. the logits: (softmax(logits) - onehot(targets)) / N.
 
     logits: (N, V), targets: (N,). N counts only targets that are not `ignore_index`; the rows of

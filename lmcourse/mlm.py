@@ -6,7 +6,6 @@ saving the pretrained model in `transformers` format where the fine-tuning lesso
 
 from __future__ import annotations
 
-import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,8 +17,8 @@ import torch
 from lmcourse import config, data
 from lmcourse.batching import epoch_generator
 from lmcourse.checkpoints import atomic_save_dir
+from lmcourse.lm_math import IGNORE_INDEX
 
-IGNORE_INDEX = -100        # label of a position the loss skips (torch's cross_entropy default)
 MLM_PROBABILITY = 0.15     # BERT: predict 15% of the tokens
 MASK_SHARE = 0.8           # of the selected tokens: 80% become [MASK] ...
 RANDOM_SHARE = 0.1         # ... 10% a random token, and the remaining 10% stay unchanged
@@ -123,15 +122,44 @@ def masked_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((pred[keep] == labels[keep]).sum()) / n
 
 
+def predicted_ids(logits: torch.Tensor, batch: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """The Trainer's `preprocess_logits`: keep the argmax ids (B, T), not the logits (B, T, V), of
+    each evaluation batch, so a large held-out set costs kilobytes instead of gigabytes."""
+    return logits.argmax(dim=-1)
+
+
 def mlm_metrics(logits: list[torch.Tensor], batches: list[Mapping[str, torch.Tensor]]) -> dict[str, float]:
-    """The Trainer's `metrics_fn`: masked-token accuracy pooled over all evaluation batches."""
+    """The Trainer's `metrics_fn`: masked-token accuracy pooled over all evaluation batches.
+
+    Each item of `logits` is a batch's logits (B, T, V) or already its predicted ids (B, T), as
+    `predicted_ids` keeps them."""
     correct, total = 0, 0
     for lg, batch in zip(logits, batches, strict=True):
         labels = batch["labels"].to(lg.device)
+        pred = lg if lg.dim() == labels.dim() else lg.argmax(-1)  # (B, T)
         keep = labels != IGNORE_INDEX
-        correct += int((lg.argmax(-1)[keep] == labels[keep]).sum())
+        correct += int((pred[keep] == labels[keep]).sum())
         total += int(keep.sum())
     return {"masked_accuracy": correct / max(total, 1)}
+
+
+def context_free_baselines(examples: Sequence[Example], most_frequent_id: int,
+                           mask_token_id: int) -> dict[str, float]:
+    """Masked-token accuracy of two guessers that ignore the context, on pre-masked examples:
+
+    - `most_frequent`: always the most frequent token of the training text;
+    - `copy_visible`: the token shown at the position when it is not [MASK] (right for the 10% of
+      labelled positions left unchanged, wrong for the 10% replaced at random), else the most
+      frequent token. Anything a model scores above this it learned from the context.
+    """
+    shown = torch.tensor([i for e in examples for i in e["input_ids"]])  # (N,)
+    labels = torch.tensor([i for e in examples for i in e["labels"]])  # (N,)
+    keep = labels != IGNORE_INDEX
+    shown, labels = shown[keep], labels[keep]
+    n = max(int(keep.sum()), 1)
+    copy = torch.where(shown == mask_token_id, torch.full_like(shown, most_frequent_id), shown)
+    return {"most_frequent": int((labels == most_frequent_id).sum()) / n,
+            "copy_visible": int((copy == labels).sum()) / n}
 
 
 # --------------------------------------------------------------------------- collator
@@ -228,16 +256,17 @@ def grouped_batches(examples: Sequence[Example], collator: MLMCollator, batch_si
     return epoch_batches
 
 
-def fixed_masks(examples: Sequence[Example], collator: MLMCollator, seed: int) -> list[dict[str, list[int]]]:
-    """The examples masked once with a seeded generator: an evaluation set whose masks never change,
-    so evaluation losses at different steps are comparable. Each gets "input_ids" and "labels"."""
-    g = torch.Generator().manual_seed(seed)
+def fixed_masks(examples: Sequence[Example], collator: MLMCollator,
+                generator: torch.Generator | None = None) -> list[dict[str, list[int]]]:
+    """The examples masked once (draws from `generator`): an evaluation set whose masks never
+    change, so evaluation losses at different steps are comparable. Each gets "input_ids" and
+    "labels"."""
     out = []
     for e in examples:
         ids = torch.as_tensor(list(map(int, e["input_ids"])), dtype=torch.long)[None]  # (1, T)
         special = special_tokens_mask_of(ids, collator.special_token_ids)
         masked, labels = mask_tokens(ids, special, collator.mask_token_id, collator.vocab_size,
-                                     collator.mlm_probability, g)
+                                     collator.mlm_probability, generator)
         out.append({"input_ids": masked[0].tolist(), "labels": labels[0].tolist()})
     return out
 
@@ -306,19 +335,23 @@ def encode(tokenizer: Any, texts: Sequence[str], max_length: int = 128) -> list[
 # --------------------------------------------------------------------------- the model
 
 
-def bert_config(tokenizer: Any, hidden_size: int = 128, num_layers: int = 2, num_heads: int = 2,
-                intermediate_size: int | None = None, max_length: int = 128,
-                dropout: float = 0.1) -> Any:
-    """A small `transformers.BertConfig` sized for `tokenizer` (vocabulary, pad id)."""
+def bert_config(tokenizer: Any, d_model: int = 128, n_layers: int = 2, n_heads: int = 2,
+                d_ff: int | None = None, max_positions: int = 128, dropout: float = 0.1) -> Any:
+    """A small `transformers.BertConfig` sized for `tokenizer` (vocabulary, pad id).
+
+    The sizes have the course's names (`lm.transformer.BertConfig`): d_model is transformers'
+    hidden_size, n_layers num_hidden_layers, n_heads num_attention_heads, d_ff intermediate_size
+    (default 4 * d_model) and max_positions max_position_embeddings.
+    """
     from transformers import BertConfig
 
     return BertConfig(
         vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        intermediate_size=intermediate_size or 4 * hidden_size,
-        max_position_embeddings=max_length,
+        hidden_size=d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        intermediate_size=d_ff or 4 * d_model,
+        max_position_embeddings=max_positions,
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
         pad_token_id=tokenizer.pad_token_id,
@@ -336,18 +369,15 @@ def small_bert(tokenizer: Any, **sizes: Any) -> Any:
 # --------------------------------------------------------------------------- fill in the blank
 
 
-def make_blanks(tokenizer: Any, texts: Sequence[str], n: int = 5, seed: int = config.DEFAULT_SEED,
-                min_chars: int = 3, min_words: int = 6, max_words: int = 30,
-                max_tokens: int | None = None) -> list[tuple[str, str]]:
+def make_blanks(tokenizer: Any, texts: Sequence[str], n: int = 5,
+                generator: torch.Generator | None = None, min_chars: int = 3, min_words: int = 6,
+                max_words: int = 30, max_tokens: int | None = None) -> list[tuple[str, str]]:
     """Up to `n` (text with one word replaced by [MASK], the word) from the texts of min_words to
     max_words words (and at most max_tokens tokens with [CLS] and [SEP], if given): the word is
     alphabetic, at least `min_chars` long, and a single token of `tokenizer`, so one [MASK] hides
-    exactly it. Sentences are drawn with a seeded generator."""
-    rng = random.Random(seed)
-    order = list(range(len(texts)))
-    rng.shuffle(order)
+    exactly it. Sentences and words are drawn with `generator` (None: torch's global one)."""
     out: list[tuple[str, str]] = []
-    for i in order:
+    for i in torch.randperm(len(texts), generator=generator).tolist():
         words = texts[i].split()
         candidates = [j for j, w in enumerate(words) if j > 0 and w.isalpha() and len(w) >= min_chars
                       and len(tokenizer.tokenize(w)) == 1]
@@ -355,7 +385,7 @@ def make_blanks(tokenizer: Any, texts: Sequence[str], n: int = 5, seed: int = co
             continue
         if max_tokens is not None and len(tokenizer(texts[i])["input_ids"]) > max_tokens:
             continue
-        j = rng.choice(candidates)
+        j = candidates[int(torch.randint(len(candidates), (1,), generator=generator))]
         out.append((" ".join([*words[:j], tokenizer.mask_token, *words[j + 1:]]), words[j]))
         if len(out) == n:
             break
@@ -390,12 +420,12 @@ def fill_mask(model: Any, tokenizer: Any, texts: Sequence[str], top_k: int = 3) 
 def default_checkpoint_dir(name: str = DEFAULT_CHECKPOINT, root: str | Path | None = None,
                            mode: str | None = None) -> Path:
     """Where the pretrained model is kept: `root/name/mode`, by default
-    `lm.data.cache_dir()/checkpoints/bert-mlm-conll/<mode>` ($LMCOURSE_CACHE moves the cache).
+    `lm.config.cache_dir()/checkpoints/bert-mlm-conll/<mode>` ($LMCOURSE_CACHE moves the cache).
 
     One folder per mode (smoke, quick, full; default: the current mode, $LMCOURSE_MODE), so a
     smoke run never overwrites a real model and a lesson finds the model of its own mode.
     """
-    base = Path(root) if root is not None else data.cache_dir() / "checkpoints"
+    base = Path(root) if root is not None else config.cache_dir() / "checkpoints"
     return base / name / config.get_mode(mode)
 
 

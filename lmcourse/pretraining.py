@@ -19,11 +19,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from lmcourse.lm_math import Vocab, train_val_split
+from lmcourse import config
+from lmcourse.lm_math import IGNORE_INDEX, Vocab, train_val_split
 from lmcourse.train import get_logits
-
-IGNORE_INDEX = -100  # targets equal to this do not count in the loss (torch's and transformers' rule)
-
 
 # --------------------------------------------------------------------------- data
 
@@ -250,11 +248,6 @@ def generate(
     return x[0] if one_d else x
 
 
-def generate_text(model: nn.Module, vocab: Vocab, prompt: str, max_new_tokens: int, **kwargs: Any) -> str:
-    """`generate` for a character model: a prompt string in, prompt + continuation out."""
-    return vocab.decode(generate(model, vocab.encode(prompt), max_new_tokens, **kwargs).tolist())
-
-
 # --------------------------------------------------------------------------- during training
 
 
@@ -270,7 +263,8 @@ class SampleCallback:
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
-    seed: int = 0                  # each sample draws from a generator seeded with this
+    seed: int = config.DEFAULT_SEED  # each sample draws from a new generator seeded with this,
+    #                                so every sample makes the same draws and only the model changes
     show: bool = True              # print each sample
     samples: list[tuple[int, str]] = field(default_factory=list)
 
@@ -303,10 +297,8 @@ def save_hf(model: nn.Module, folder: str | Path) -> Path:
 
 
 def load_hf(folder: str | Path, device: torch.device | str | None = None) -> nn.Module:
-    """Load a causal LM folder with transformers' AutoModelForCausalLM, in eval mode."""
+    """Load a causal LM folder with transformers' AutoModelForCausalLM, in eval mode, on `device`
+    (None: the course's device, `lm.get_device()`)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(folder))
-    if device is not None:
-        model = model.to(device)
-    return model.eval()
+    return AutoModelForCausalLM.from_pretrained(str(folder)).to(config.get_device(device)).eval()

@@ -300,11 +300,6 @@ def _encode_all(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
     return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
 
 
-def count_words(texts: str | Iterable[str]) -> int:
-    """Number of whitespace-separated words (the unit fertility is measured against)."""
-    return sum(len(t.split()) for t in _as_texts(texts))
-
-
 def fertility(tokenizer: TokenizerLike, texts: str | Iterable[str]) -> float:
     """Subword tokens per word: (tokens of all texts) / (whitespace-separated words).
 

@@ -659,8 +659,23 @@ class Trainer:
 # --------------------------------------------------------------------------- plots
 
 
-def plot_history(history: History, ax: Any = None, log_loss: bool = False) -> Any:
-    """Train and eval loss against step, and the learning rate; returns the matplotlib figure."""
+def moving_average(values: list[float], window: int) -> list[float]:
+    """The mean of the last `window` values at each position (fewer at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_history(history: History, ax: Any = None, log_loss: bool = False, smooth: int = 1) -> Any:
+    """Train and eval loss against step, and the learning rate; returns the matplotlib figure.
+
+    `smooth` > 1 draws the training loss as the mean of the last `smooth` steps (each step's loss
+    is one batch's, and noisy) over the raw values in a light line.
+    """
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -669,13 +684,19 @@ def plot_history(history: History, ax: Any = None, log_loss: bool = False) -> An
         fig, ax_lr = ax.figure, None
     if history.train:
         steps = [r["step"] for r in history.train]
-        ax.plot(steps, [r["loss"] for r in history.train], label="train loss", alpha=0.8)
+        losses = [r["loss"] for r in history.train]
+        if smooth > 1:
+            ax.plot(steps, losses, color="tab:blue", alpha=0.2, lw=0.8)
+            ax.plot(steps, moving_average(losses, smooth), color="tab:blue",
+                    label=f"train loss (mean of {smooth} steps)")
+        else:
+            ax.plot(steps, losses, color="tab:blue", label="train loss", alpha=0.8)
         if ax_lr is not None:
             ax_lr.plot(steps, [r["lr"] for r in history.train], color="tab:green")
             ax_lr.set(xlabel="step", ylabel="learning rate", title="schedule")
     if history.eval:
         ax.plot([r["step"] for r in history.eval], [r["eval_loss"] for r in history.eval], "o-",
-                label="eval loss")
+                color="tab:orange", label="eval loss")
     ax.set(xlabel="step", ylabel="loss", title="loss")
     if log_loss:
         ax.set_yscale("log")

@@ -121,3 +121,21 @@ def test_bad_data_dir_names_the_fix(monkeypatch, tmp_path):
     monkeypatch.setenv(config.ENV_DATA_DIR, str(tmp_path / "nope"))
     with pytest.raises(config.ConfigError, match="unset it"):
         lm.setup("x", quiet=True)
+
+
+def test_config_and_loaders_read_the_same_settings(monkeypatch, tmp_path):
+    """Settings changed after setup reach the Config and the loaders alike: one source."""
+    from lmcourse import data
+
+    for v in config.HF_OFFLINE_VARS:
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.delenv(config.ENV_DATA_DIR, raising=False)
+    cfg = lm.setup("x", quiet=True)
+    assert cfg.data_dir is None and not cfg.offline
+    monkeypatch.setenv(config.ENV_DATA_DIR, str(tmp_path))
+    monkeypatch.setenv(config.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert cfg.data_dir == tmp_path.resolve() == config.data_dir_from_env()
+    assert cfg.cache_dir == tmp_path / "cache" == data.cache_dir()
+    assert cfg.offline and config.is_offline()
+    assert not hasattr(cfg, "extra")

@@ -123,8 +123,8 @@ def test_collator_pads_masks_and_keeps_premasked_examples(tokenizer, encoded):
         assert (batch["input_ids"][i, k:] == tokenizer.pad_token_id).all()
         assert (batch["labels"][i, k:] == IGNORE).all()
         assert batch["labels"][i, 0] == IGNORE and batch["labels"][i, k - 1] == IGNORE  # [CLS] [SEP]
-    fixed = mlm.fixed_masks(examples, collator, seed=0)
-    assert fixed == mlm.fixed_masks(examples, collator, seed=0)
+    fixed = mlm.fixed_masks(examples, collator, torch.Generator().manual_seed(0))
+    assert fixed == mlm.fixed_masks(examples, collator, torch.Generator().manual_seed(0))
     padded = collator(fixed)
     for i, e in enumerate(fixed):
         assert padded["input_ids"][i, :len(e["input_ids"])].tolist() == e["input_ids"]
@@ -173,10 +173,10 @@ def test_masked_accuracy_on_hand_made_logits():
 @pytest.fixture(scope="module")
 def trained(tokenizer, encoded):
     config.seed_everything(0)
-    model = mlm.small_bert(tokenizer, hidden_size=32, num_layers=2, num_heads=2, max_length=40)
+    model = mlm.small_bert(tokenizer, d_model=32, n_layers=2, n_heads=2, max_positions=40)
     collator = mlm.MLMCollator.from_tokenizer(tokenizer)
     train = encoded[:256]
-    valid = mlm.fixed_masks(encoded[:64], collator, seed=1)  # seen sentences: fast to learn
+    valid = mlm.fixed_masks(encoded[:64], collator, torch.Generator().manual_seed(1))  # seen sentences: fast to learn
     cfg = TrainConfig(max_steps=40, batch_size=32, lr=3e-3, warmup_steps=4, eval_every=20,
                       progress=False)
     trainer = Trainer(model, cfg, mlm.grouped_batches(train, collator, 32, seed=0), valid,
@@ -240,7 +240,7 @@ def test_saving_over_a_checkpoint_is_atomic(trained, tokenizer, tmp_path, monkey
 
 def test_fill_mask_and_blanks(trained, tokenizer, sentences):
     model, _, _ = trained
-    blanks = mlm.make_blanks(tokenizer, sentences, n=4, seed=0, max_words=20)
+    blanks = mlm.make_blanks(tokenizer, sentences, n=4, generator=torch.Generator().manual_seed(0), max_words=20)
     assert len(blanks) == 4
     for text, word in blanks:
         assert 6 <= len(text.split()) <= 20
@@ -280,3 +280,27 @@ def test_news_sentences_reads_conll_when_present():
     train = mlm.news_sentences("train")
     assert train.news and train.source == "CoNLL-2003 train" and len(train.texts) > 10_000
     assert all(t == " ".join(t.split()) for t in train.texts[:100])
+
+
+def test_metrics_from_kept_ids_equal_metrics_from_logits():
+    g = torch.Generator().manual_seed(0)
+    logits = [torch.randn(2, 5, 9, generator=g), torch.randn(3, 4, 9, generator=g)]
+    labels = [torch.randint(0, 9, (2, 5), generator=g), torch.randint(0, 9, (3, 4), generator=g)]
+    for lab in labels:
+        lab[torch.rand(lab.shape, generator=g) < 0.5] = IGNORE
+    batches = [{"labels": lab} for lab in labels]
+    kept = [mlm.predicted_ids(lg) for lg in logits]
+    assert kept[0].shape == (2, 5) and kept[0].dtype == torch.long
+    assert mlm.mlm_metrics(kept, batches) == mlm.mlm_metrics(logits, batches)
+
+
+def test_context_free_baselines():
+    M, F = 4, 7  # [MASK] id, the most frequent token
+    examples = [
+        {"input_ids": [2, M, 9, 11, 3], "labels": [IGNORE, 7, 9, 12, IGNORE]},  # masked, kept, random
+        {"input_ids": [2, M, M, 3], "labels": [IGNORE, 8, 7, IGNORE]},
+    ]
+    # labelled: 7 (shown [MASK]), 9 (shown 9), 12 (shown 11), 8 ([MASK]), 7 ([MASK])
+    base = mlm.context_free_baselines(examples, most_frequent_id=F, mask_token_id=M)
+    assert base["most_frequent"] == pytest.approx(2 / 5)  # the two 7s
+    assert base["copy_visible"] == pytest.approx(3 / 5)   # the two 7s and the visible 9

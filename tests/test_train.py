@@ -591,6 +591,17 @@ def test_plot_history_returns_a_figure():
     assert len(loss_ax.lines) == 2 and list(loss_ax.lines[1].get_xdata()) == [2, 4]
     assert list(lr_ax.lines[0].get_ydata()) == [r["lr"] for r in t.history.train]
     matplotlib.pyplot.close(fig)
+    fig = t.history.plot(smooth=3)
+    raw, smoothed, _ = fig.axes[0].lines
+    losses = [r["loss"] for r in t.history.train]
+    assert list(raw.get_ydata()) == losses
+    assert list(smoothed.get_ydata()) == pytest.approx(tr.moving_average(losses, 3))
+    matplotlib.pyplot.close(fig)
+
+
+def test_moving_average():
+    assert tr.moving_average([3.0, 1.0, 2.0, 6.0, 4.0], 2) == [3.0, 2.0, 1.5, 4.0, 5.0]
+    assert tr.moving_average([1.0, 2.0], 5) == [1.0, 1.5]
 
 
 def test_progress_bars_show_the_loss_and_switch_off(capsys):
