@@ -5,11 +5,15 @@ import subprocess
 import sys
 
 import pytest
-import tomllib
 import yaml
 from packaging.requirements import Requirement
 
 from .conftest import ROOT
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10, which the course supports, has no tomllib; tomli is the same parser
+    import tomli as tomllib
 
 
 def _pyproject():
@@ -96,3 +100,10 @@ def test_package_imports_fast_and_lazily():
     code = "import sys, lmcourse; print('lmcourse.lm_math' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.stdout.strip() == "False"
+
+
+def test_package_data_named_in_pyproject_exists():
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    for package, files in data.items():
+        for name in files:
+            assert (ROOT / package / name).is_file(), f"pyproject ships {package}/{name}, which is missing"
