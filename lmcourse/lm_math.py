@@ -52,6 +52,13 @@ def perplexity(log_probs: torch.Tensor) -> torch.Tensor:
     return torch.exp(-log_probs.mean())
 
 
+def perplexity_from_loss(loss: float) -> float:
+    """Perplexity from a mean cross-entropy in nats (a training or evaluation loss): exp(loss),
+    the number of equally likely tokens the model hesitates between. Equals
+    `perplexity(log_probs)` when `loss = -log_probs.mean()`."""
+    return math.exp(loss)
+
+
 def sequence_log_prob(token_log_probs: Iterable[float]) -> float:
     """Log-probability of a sequence by the chain rule: the sum of each token's conditional log p."""
     return float(sum(token_log_probs))
@@ -108,6 +115,11 @@ def bigram_probs(counts: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
 def bigram_log_probs(probs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """log P(x_t | x_{t-1}) for t = 1..T-1 of the sequence `ids` under a bigram table."""
     return probs[ids[:-1], ids[1:]].log()
+
+
+def bigram_sequence_log_prob(probs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Log-probability of the sequence `ids` under a bigram table: the sum of log P(x_t | x_{t-1})."""
+    return bigram_log_probs(probs, ids).sum()
 
 
 def bigram_nll(probs: torch.Tensor, ids: torch.Tensor) -> float:

@@ -136,11 +136,6 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[to
     return loss, logits
 
 
-def perplexity(loss: float) -> float:
-    """exp(mean cross-entropy in nats): the number of equally likely tokens the model hesitates between."""
-    return math.exp(loss)
-
-
 # --------------------------------------------------------------------------- sampling filters
 
 

@@ -2,8 +2,8 @@
 
 An *attention function* maps a sentence to its tokens and the attention weights of every layer and
 head, `(tokens, maps)` with maps of shape (n_layers, n_heads, T, T). The explorer and the plots take
-any such function: a pretrained BERT (`hf_attention_fn`), a small random model
-(`random_attention_fn`), or a lesson's own model.
+any such function: a pretrained `transformers` encoder (`hf_attention_fn`; offline, the packaged
+all-MiniLM-L6-v2), a small random model (`random_attention_fn`), or a lesson's own model.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ AttentionFn = Callable[[str], tuple[list[str], torch.Tensor]]  # sentence -> tok
 ONLINE_BERT = "sentence-transformers/all-MiniLM-L6-v2"  # the same weights on the Hugging Face Hub
 
 
-def load_pretrained_bert(device: torch.device | str | None = None) -> tuple[Any, Any, str] | None:
-    """(model, tokenizer, source) of a small pretrained BERT that returns attention weights.
+def load_explorer_model(device: torch.device | str | None = None) -> tuple[Any, Any, str] | None:
+    """(model, tokenizer, source) for the attention explorer: a small pretrained BERT-architecture
+    encoder that returns attention weights, all-MiniLM-L6-v2 (6 layers, uncased, distilled and fine-tuned for sentence
+    embeddings, no masked-LM head; not a stand-in for bert-base-cased's masked-LM predictions).
 
     Tries the packaged offline copy, then the Hub when online; None when neither is available.
     The eager attention implementation is asked for because fused kernels return no weights.
@@ -97,16 +99,6 @@ def random_attention_fn(d_model: int = 32, n_heads: int = 4, n_layers: int = 2,
         return tokens, torch.stack(maps)  # (L, H, T, T)
 
     return fn
-
-
-def default_attention_fn(device: torch.device | str | None = None) -> tuple[AttentionFn, str]:
-    """A pretrained BERT's attention function if one loads, else a random model's; and its name."""
-    loaded = load_pretrained_bert(device)
-    if loaded is not None:
-        model, tok, source = loaded
-        return hf_attention_fn(model, tok), source
-    fn = random_attention_fn()
-    return fn, "a random 2-layer MultiHeadAttention (no pretrained BERT available)"
 
 
 def plot_attention(weights: torch.Tensor, tokens_q: Sequence[str],

@@ -309,7 +309,7 @@ def test_hf_attention_matches_our_attention_on_a_tiny_bert():
 def test_pretrained_bert_explorer_if_installed():
     if data.packaged_bert_dir() is None:
         pytest.skip(f"{data.OFFLINE_BERT} is not installed")
-    model, tok, source = widgets.load_pretrained_bert("cpu")
+    model, tok, source = widgets.load_explorer_model("cpu")
     tokens, maps = widgets.hf_attention_fn(model, tok)("Attention is all you need.")
     assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
     assert maps.shape == (model.config.num_hidden_layers, model.config.num_attention_heads,

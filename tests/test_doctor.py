@@ -64,3 +64,12 @@ def test_cli_doctor_runs_fast_offline(monkeypatch):
                          text=True, timeout=60, env=env)
     assert "recommended mode" in run.stdout and "hugging face hub  offline" in run.stdout
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("ram", [24.0, None])
+def test_memory_row_always_says_what_quick_mode_needs(monkeypatch, ram):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(doctor, "memory_gib", lambda: ram)
+    row = next(r for r in doctor.doctor(quiet=True).rows if r.topic == "memory")
+    assert row.detail.endswith("(quick mode needs up to 6 GB)")
+    assert row.detail.startswith("24.0 GiB RAM" if ram else "unknown")

@@ -3,17 +3,18 @@
 import pytest
 
 from lmcourse import checker
+from lmcourse import exercises as registry
 from lmcourse.notebooks import exercise_keys, lesson_notebooks
 
 from .conftest import ROOT
 
-EXERCISES = checker.exercises()
+EXERCISES = registry.exercises()
 MISTAKES = [(k, m) for k, ex in EXERCISES.items() for m in ex.mistakes]
 
 
 @pytest.mark.parametrize("key", sorted(EXERCISES))
 def test_reference_passes(key):
-    result = checker.evaluate(key, EXERCISES[key].reference)
+    result = checker.evaluate(EXERCISES[key], EXERCISES[key].reference)
     assert result.passed, result.message
 
 
@@ -27,7 +28,7 @@ def test_catalog_has_three_mistakes_and_hinted_cases(key):
 
 @pytest.mark.parametrize("key, mistake", MISTAKES, ids=[f"{k}-{m.name}" for k, m in MISTAKES])
 def test_each_mistake_is_rejected_with_its_hint(key, mistake):
-    result = checker.evaluate(key, mistake.fn)
+    result = checker.evaluate(EXERCISES[key], mistake.fn)
     assert result.status == checker.WRONG, f"{key}: mistake {mistake.name!r} passed the check"
     assert result.mistake == mistake.name, (
         f"{key}: {mistake.name!r} was recognised as {result.mistake!r}; the cases cannot tell them apart")

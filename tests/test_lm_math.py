@@ -326,3 +326,9 @@ def test_entropy_bits_edge_cases():
 def test_nats_to_bits():
     assert M.nats_to_bits(math.log(2)) == pytest.approx(1.0)
     assert M.nats_to_bits(math.log(65)) == pytest.approx(math.log2(65))
+
+
+def test_perplexity_from_loss_is_perplexity_of_the_mean_log_prob():
+    lp = -torch.rand(50, generator=torch.Generator().manual_seed(0)) * 4
+    assert math.isclose(M.perplexity_from_loss(float(-lp.mean())), M.perplexity(lp).item(), rel_tol=1e-6)
+    assert M.perplexity_from_loss(math.log(65)) == pytest.approx(65.0)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from lmcourse.checker import Case, Exercise, Mistake, register
+from lmcourse.checker import Case, Exercise, Mistake
+from lmcourse.exercises import register
 
 
 def normalize(counts: torch.Tensor) -> torch.Tensor:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from lmcourse import lm_math
-from lmcourse.checker import Case, Exercise, Mistake, register
+from lmcourse.checker import Case, Exercise, Mistake, Property
+from lmcourse.exercises import register
 
 LESSON = "01_lm_math"
 
@@ -29,6 +32,9 @@ def _softmax_cases() -> list[Case]:
              hint="exp(-1000) underflows to 0: subtract the maximum before exponentiating."),
         Case("rows on different scales", (_t([[1000.0, 999.0], [-1000.0, -1001.0]]),),
              hint="subtract each row's own maximum (amax over the last dim, keepdim=True)."),
+        Case("a wide row", (_t([[-1000.0, 0.0, 1000.0]]),),
+             hint="subtract each row's MAXIMUM: then the largest exponent is exp(0) = 1 and none "
+                  "overflows, however far apart the logits are."),
         Case("single logit", (_t([[5.0]]),), hint="a single option has probability 1."),
         Case("3-D input", (torch.randn(2, 3, 5, generator=g) * 10,),
              hint="work along the last dimension only, whatever the number of dimensions."),
@@ -149,9 +155,27 @@ def _ce_lse_no_max(logits, targets):
     return -logp[keep, targets[keep]].mean()
 
 
+def _ce_drops_class_zero(logits, targets):
+    keep = targets > 0
+    return -lm_math.log_softmax(logits)[keep, targets[keep]].mean()
+
+
 def _ce_ignores_mask(logits, targets):
     t = targets.clamp_min(0)
     return -lm_math.log_softmax(logits)[torch.arange(len(t)), t].mean()
+
+
+def _examples_are_independent(fn) -> str | None:
+    """Each example's loss depends on its own row only: a batch's loss is the mean of its rows' losses."""
+    g = torch.Generator().manual_seed(11)
+    logits, targets = torch.randn(5, 4, generator=g), torch.tensor([3, 0, 2, 1, 1])
+    whole = float(fn(logits, targets))
+    alone = [float(fn(logits[i:i + 1], targets[i:i + 1])) for i in range(5)]
+    if math.isclose(whole, sum(alone) / 5, rel_tol=1e-4, abs_tol=1e-6):
+        return None
+    return ("an example's loss must depend on its own row of logits only (the loss of a batch is "
+            "the mean of its examples' losses, each computed alone): normalise over the vocabulary, "
+            "the last dimension (dim=-1), never over the batch.")
 
 
 register(Exercise(
@@ -159,6 +183,7 @@ register(Exercise(
     lesson=LESSON,
     reference=lm_math.cross_entropy,
     cases=_ce_cases,
+    properties=[Property("computed per example", _examples_are_independent)],
     library_name="lm.lm_math.cross_entropy",
     mistakes=[
         Mistake("probabilities, not log-probabilities", _ce_probs_not_log,
@@ -177,6 +202,9 @@ register(Exercise(
         Mistake("ignored positions in the denominator", _ce_counts_ignored,
                 "you divide by all positions, -100 ones included; divide by the number of "
                 "targets that are not -100."),
+        Mistake("class 0 dropped (> 0 instead of != -100)", _ce_drops_class_zero,
+                "class 0 is a real class: only -100 marks a position to ignore. Keep targets != -100; "
+                "targets > 0 also drops every example whose target is 0."),
         Mistake("-100 not ignored", _ce_ignores_mask,
                 "targets equal to -100 mark positions to ignore (padding, subword continuations): "
                 "drop them before averaging."),
@@ -288,16 +316,12 @@ def _chain_cases() -> list[Case]:
     ]
 
 
-def _chain_ref(probs, ids):
-    return lm_math.bigram_log_probs(probs, ids).sum()
-
-
 register(Exercise(
-    key="sequence_log_prob",
+    key="bigram_sequence_log_prob",
     lesson=LESSON,
-    reference=_chain_ref,
+    reference=lm_math.bigram_sequence_log_prob,
     cases=_chain_cases,
-    library_name="lm.lm_math.bigram_log_probs(...).sum()",
+    library_name="lm.lm_math.bigram_sequence_log_prob",
     mistakes=[
         Mistake("transposed table", lambda p, ids: p[ids[1:], ids[:-1]].log().sum(),
                 "probs[a, b] is P(next = b | previous = a): index with [previous, next]."),

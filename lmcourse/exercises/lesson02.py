@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from lmcourse import gradients, lm_math
-from lmcourse.checker import Case, Exercise, Mistake, register
+from lmcourse.checker import Case, Diagnosis, Exercise, Mistake, difference
+from lmcourse.exercises import register
 
 LESSON = "02_gradients"
 
@@ -45,6 +46,12 @@ def _onehot(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, 
     return y, keep.unsqueeze(-1).to(logits.dtype)
 
 
+def _ce_grad_drops_class_zero(logits, targets):
+    y, _ = _onehot(logits, targets)
+    keep = (targets > 0).unsqueeze(-1).to(logits.dtype)
+    return (lm_math.softmax(logits) - y) * keep / keep.sum().clamp_min(1)
+
+
 def _ce_grad_no_mean(logits, targets):
     y, keep = _onehot(logits, targets)
     return (lm_math.softmax(logits) - y) * keep
@@ -70,11 +77,25 @@ def _ce_grad_mean_all(logits, targets):
     return (lm_math.softmax(logits) - y) * keep / logits.numel()
 
 
+def _rows_sum_to_zero(got, want, case: Case) -> Diagnosis | None:
+    """Each counted row of the gradient is (p - onehot) / N: it sums to 0 over the vocabulary."""
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape or not got.is_floating_point():
+        return None
+    targets = case.args[1]
+    rows = got.double()[targets != -100].sum(-1)
+    if rows.numel() == 0 or not torch.isfinite(rows).all() or torch.allclose(rows, torch.zeros_like(rows), atol=1e-6):
+        return None
+    return Diagnosis("rows do not sum to 0", "each row of the gradient must sum to 0 over the "
+                     "vocabulary (the probabilities sum to 1, the one-hot too): yours don't. Turn the "
+                     "logits into probabilities with softmax first, then subtract the one-hot.")
+
+
 register(Exercise(
     key="softmax_ce_grad",
     lesson=LESSON,
     reference=gradients.softmax_ce_grad,
     cases=_ce_grad_cases,
+    diagnosers=[_rows_sum_to_zero],
     library_name="lm.gradients.softmax_ce_grad",
     atol=1e-7,
     rtol=1e-6,
@@ -89,6 +110,9 @@ register(Exercise(
                 "subtract the one-hot target: the target's entry of the gradient is (p_target - 1) / N."),
         Mistake("ignored rows in N", _ce_grad_all_rows,
                 "divide by the number of targets that are not -100, not by the number of rows."),
+        Mistake("class 0 dropped (> 0 instead of != -100)", _ce_grad_drops_class_zero,
+                "class 0 is a real class: only rows whose target is -100 get a zero gradient. Keep "
+                "targets != -100; targets > 0 also drops the rows whose target is 0."),
         Mistake("divided by N*V", _ce_grad_mean_all,
                 "the loss averages over the N examples, not over the N*V entries of the logits: "
                 "divide by N."),
@@ -145,11 +169,37 @@ def _mlp_backward_variant(params, cache, ids, targets, tanh_grad="h", embed="ind
     return {"E": dE, "W1": dW1, "b1": db1, "W2": dW2, "b2": db2}
 
 
+def _first_wrong_step(got, want, case: Case) -> Diagnosis | None:
+    """Backpropagation goes b2, W2, then through tanh to b1, W1, then to E: name the first wrong step."""
+    if not isinstance(got, dict) or set(got) != set(want):
+        return None
+    bad = {k for k in want if difference(got[k], want[k], 1e-8, 1e-6) is not None}
+    if not bad:
+        return None
+    if "b2" in bad:
+        advice = ("db2 is already wrong, so dlogits is: dlogits = (softmax(logits) - onehot(targets)) "
+                  "/ N (lm.gradients.softmax_ce_grad), and db2 = dlogits.sum(0).")
+    elif "W2" in bad:
+        advice = "db2 is right (so dlogits is), but dW2 is wrong: dW2 = h.T @ dlogits, shape (H, V)."
+    elif "b1" in bad:
+        advice = ("W2 and b2 are right; the error starts at the step back through tanh: "
+                  "dh = dlogits @ W2.T, then da = dh * (1 - h**2) (the derivative of tanh is "
+                  "1 - tanh(a)**2 = 1 - h**2), and db1 = da.sum(0).")
+    elif "W1" in bad:
+        advice = "W2, b2 and b1 are right (so da is), but dW1 is wrong: dW1 = x.T @ da, shape (D, H)."
+    else:
+        advice = ("every gradient but dE is right: dx = da @ W1.T, and each row of dx goes to the "
+                  "row of E it came from, summed for repeated ids: "
+                  "dE = torch.zeros_like(E).index_add_(0, ids, dx).")
+    return Diagnosis(f"first wrong step: {sorted(bad)}", advice)
+
+
 register(Exercise(
     key="mlp_backward",
     lesson=LESSON,
     reference=gradients.mlp_backward,
     cases=_mlp_cases,
+    diagnosers=[_first_wrong_step],
     library_name="lm.gradients.mlp_backward",
     atol=1e-8,
     rtol=1e-6,
@@ -194,7 +244,7 @@ def _logsumexp(x):
 def _numgrad_cases() -> list[Case]:
     g = torch.Generator().manual_seed(25)
     return [
-        Case("cubes, eps = 0.01", (_cube_sum, _t([1.0, -2.0, 0.5]), 1e-2),
+        Case("cubes with eps = 0.01", (_cube_sum, _t([1.0, -2.0, 0.5]), 1e-2),
              hint="use central differences (f(x + eps) - f(x - eps)) / (2 eps): their error is "
                   "O(eps^2), a forward difference's is O(eps)."),
         Case("a matrix", (_quad_form, torch.randn(3, 2, generator=g, dtype=torch.float64), 1e-4),
@@ -268,7 +318,7 @@ def _adamw_cases() -> list[Case]:
                             torch.zeros(4, dtype=torch.float64), 1), dict(hp, lr=0.1),
              hint="at step 1 the bias correction divides m by (1 - beta1) and v by (1 - beta2): "
                   "the first update has size about lr."),
-        Case("step 10, big decay", (r(3, 2), r(3, 2), r(3, 2, scale=0.1), r(3, 2).abs() * 0.01, 10),
+        Case("step 10 with big decay", (r(3, 2), r(3, 2), r(3, 2, scale=0.1), r(3, 2).abs() * 0.01, 10),
              dict(hp, lr=0.5, weight_decay=0.5),
              hint="decoupled decay: p <- p - lr * wd * p, using p BEFORE this step's Adam update."),
         Case("no weight decay", (r(5), r(5), r(5, scale=0.1), r(5).abs() * 0.01, 3),
@@ -304,11 +354,38 @@ def _adamw_mistake(**flags):
         param, grad, m, v, step, lr, betas, eps, weight_decay, **flags)
 
 
+def _adamw_parts(got, want, case: Case) -> Diagnosis | None:
+    """Which of (param, m, v) are wrong, with the formula of each."""
+    if not isinstance(got, (tuple, list)) or len(got) != 3:
+        return None
+    bad = [n for n, g, w in zip(("param", "m", "v"), got, want)
+           if difference(g, w, 1e-9, 1e-7) is not None]
+    if "m" in bad and "v" in bad:
+        advice = ("m and v are both wrong: with beta1, beta2 = betas, m = beta1 * m + (1 - beta1) * "
+                  "grad and v = beta2 * v + (1 - beta2) * grad**2; return them as they are (the "
+                  "bias-corrected m_hat and v_hat only enter the update).")
+    elif "m" in bad:
+        advice = ("m is wrong: m = beta1 * m + (1 - beta1) * grad, with the raw gradient; return it "
+                  "as it is (the bias-corrected m_hat only enters the update).")
+    elif "v" in bad:
+        advice = ("v is wrong: v = beta2 * v + (1 - beta2) * grad**2, the squared gradient; return "
+                  "it as it is (the bias-corrected v_hat only enters the update).")
+    elif bad:
+        advice = ("m and v are right; the new param is wrong. In order: decay param * (1 - lr * "
+                  "weight_decay); bias-correct m_hat = m / (1 - beta1**step) and v_hat = v / "
+                  "(1 - beta2**step); update param - lr * m_hat / (sqrt(v_hat) + eps).")
+    else:
+        return None
+    return Diagnosis(f"wrong: {', '.join(bad)}", advice)
+
+
 register(Exercise(
     key="adamw_step",
     lesson=LESSON,
     reference=gradients.adamw_step,
     cases=_adamw_cases,
+    outputs=("param", "m", "v"),
+    diagnosers=[_adamw_parts],
     library_name="lm.gradients.adamw_step",
     atol=1e-9,
     rtol=1e-7,

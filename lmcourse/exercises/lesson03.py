@@ -7,7 +7,8 @@ import math
 import torch
 
 from lmcourse import attention
-from lmcourse.checker import Case, Exercise, Mistake, register
+from lmcourse.checker import Case, Diagnosis, Exercise, Mistake, Property
+from lmcourse.exercises import register
 
 LESSON = "03_attention"
 
@@ -22,7 +23,7 @@ def _randn(*shape: int, g: torch.Generator, scale: float = 1.0) -> torch.Tensor:
 def _attention_cases() -> list[Case]:
     g = torch.Generator().manual_seed(30)
     return [
-        Case("one head, 4 tokens", (_randn(4, 8, g=g), _randn(4, 8, g=g), _randn(4, 8, g=g)),
+        Case("one head of 4 tokens", (_randn(4, 8, g=g), _randn(4, 8, g=g), _randn(4, 8, g=g)),
              hint="scores = q @ k^T / sqrt(d_k), softmax over the keys (last dim), then @ v."),
         Case("batch and heads", (_randn(2, 3, 5, 16, g=g), _randn(2, 3, 5, 16, g=g),
                                  _randn(2, 3, 5, 16, g=g)),
@@ -45,11 +46,57 @@ def _att_with(q, k, v, scale: float, dim: int = -1):
     return torch.softmax(q @ k.transpose(-2, -1) * scale, dim=dim) @ v
 
 
+# Properties of attention, tested by running the learner's function on inputs made for them.
+
+
+def _weights_sum_to_one(call) -> str | None:
+    """With every value vector equal to ones, each output is the sum of a query's weights: 1."""
+    g = torch.Generator().manual_seed(34)
+    q, k = _randn(3, 8, g=g), _randn(5, 8, g=g)
+    out = torch.as_tensor(call(q, k, torch.ones(5, 4)))
+    if out.shape != (3, 4) or torch.allclose(out.double(), torch.ones(3, 4).double(), atol=1e-5):
+        return None
+    return ("each query's weights over the keys must sum to 1: softmax over the last dimension of "
+            "the scores (dim=-1, one row per query), not over the queries or the whole matrix.")
+
+
+def _score_scale(call) -> str | None:
+    """Two keys whose raw scores differ by 1 and values 0 and 1: the output reveals the scale used."""
+    d_k = 16
+    q = torch.full((1, d_k), 0.25)
+    k = torch.stack([torch.zeros(d_k), torch.full((d_k,), 0.25)])  # raw scores 0 and 1
+    v = torch.stack([torch.zeros(3), torch.ones(3)])
+    out = torch.as_tensor(call(q, k, v)).double()
+    if out.shape != (1, 3) or not torch.allclose(out, out[0, :1].expand(1, 3)):
+        return None
+    y = float(out[0, 0])
+    if not 0 < y < 1:
+        return None
+    scale = math.log(y / (1 - y))  # what the raw scores were multiplied by
+    if math.isclose(scale, 1 / math.sqrt(d_k), rel_tol=1e-3):
+        return None
+    if math.isclose(scale, 1.0, rel_tol=1e-3):
+        how = "you don't scale the scores at all"
+    elif math.isclose(scale, 1 / d_k, rel_tol=1e-3):
+        how = "you divide the scores by d_k itself"
+    elif math.isclose(scale, math.sqrt(d_k), rel_tol=1e-3):
+        how = "you multiply the scores by sqrt(d_k) instead of dividing"
+    elif scale < 0:
+        how = "your scores have the wrong sign"
+    else:
+        how = f"you divide the scores by {1 / scale:.3g}"
+    return (f"{how}: divide q @ k^T by sqrt(d_k), where d_k = q.shape[-1] is the size of the "
+            f"vectors in the dot product (here d_k = {d_k}, so by {math.sqrt(d_k):g}), not the number "
+            "of keys or the size of the values.")
+
+
 register(Exercise(
     key="attention",
     lesson=LESSON,
     reference=_attention_ref,
     cases=_attention_cases,
+    properties=[Property("weights that sum to 1 over the keys", _weights_sum_to_one),
+                Property("scaled by 1/sqrt(d_k)", _score_scale)],
     library_name="lm.attention.scaled_dot_product_attention",
     mistakes=[
         Mistake("no scaling", lambda q, k, v: _att_with(q, k, v, 1.0),
@@ -79,9 +126,9 @@ def _causal_cases() -> list[Case]:
     return [
         Case("4 x 4", (4,), hint="query i may see keys 0..i: True on AND below the diagonal."),
         Case("1 x 1", (1,), hint="a single token may attend to itself."),
-        Case("3 queries, 5 keys", (3, 5),
+        Case("3 queries and 5 keys", (3, 5),
              hint="with T_k given, the mask is (T_q, T_k); torch.tril works on rectangles too."),
-        Case("5 queries, 2 keys", (5, 2), hint="the mask is (T_q, T_k), True where key <= query."),
+        Case("5 queries and 2 keys", (5, 2), hint="the mask is (T_q, T_k), True where key <= query."),
     ]
 
 
@@ -93,11 +140,28 @@ def _ones(T_q, T_k):
     return torch.ones(T_q, T_q if T_k is None else T_k, dtype=torch.bool)
 
 
+def _diagonal_shift(got, want, case: Case) -> Diagnosis | None:
+    """A triangle whose diagonal is shifted: tril(d) with d != 0."""
+    if not isinstance(got, torch.Tensor) or got.dtype != torch.bool or got.shape != want.shape \
+            or torch.equal(got, want):
+        return None
+    T_q, T_k = want.shape
+    for d in range(-T_q, T_k + 1):
+        if d and torch.equal(got, torch.ones(T_q, T_k, dtype=torch.bool).tril(d)):
+            how = (f"aligned bottom-right (shifted by T_k - T_q = {d})" if d == T_k - T_q
+                   else f"shifted by {d}")
+            return Diagnosis("diagonal shifted", f"your triangle's diagonal is {how}: the mask is "
+                             "aligned top-left, query i sees keys 0..i whatever T_k is: "
+                             "torch.ones(T_q, T_k).tril() with diagonal 0.")
+    return None
+
+
 register(Exercise(
     key="causal_mask",
     lesson=LESSON,
     reference=_causal_ref,
     cases=_causal_cases,
+    diagnosers=[_diagonal_shift],
     library_name="lm.attention.causal_mask",
     mistakes=[
         Mistake("strict lower triangle", lambda T_q, T_k=None: _ones(T_q, T_k).tril(-1),
@@ -168,11 +232,62 @@ def _masked_nan_rows(q, k, v, mask):
     return torch.softmax(_scores(q, k).masked_fill(~mask, float("-inf")), dim=-1) @ v
 
 
+def _probe_inputs() -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(35)
+    return _randn(4, 8, g=g), _randn(4, 8, g=g), _randn(4, 3, g=g)
+
+
+def _mask_rows_are_queries(fn) -> str | None:
+    """mask[i, j] says whether query i may see key j: applying mask.T is a different answer."""
+    q, k, v = _probe_inputs()
+    mask = attention.causal_mask(4)
+    out = torch.as_tensor(fn(q, k, v, mask))
+    flipped = _masked_ref(q, k, v, mask.T)
+    if out.shape == flipped.shape and torch.allclose(out, flipped, atol=1e-5) \
+            and not torch.allclose(out, _masked_ref(q, k, v, mask), atol=1e-5):
+        return ("you apply the mask transposed: mask[i, j] is query i (row) and key j (column), "
+                "the layout of the scores q @ k^T; don't transpose it.")
+    return None
+
+
+def _mask_has_an_effect(fn) -> str | None:
+    q, k, v = _probe_inputs()
+    masked = torch.as_tensor(fn(q, k, v, attention.causal_mask(4)))
+    free = torch.as_tensor(fn(q, k, v, torch.ones(4, 4, dtype=torch.bool)))
+    if masked.shape == free.shape and torch.allclose(masked, free, atol=1e-6):
+        return ("the mask has no effect: your output is the same as with an all-True mask. Apply "
+                "it to the scores before the softmax: scores.masked_fill(~mask, float('-inf')).")
+    return None
+
+
+def _masked_keys_are_unseen(fn) -> str | None:
+    """Changing the value of a key a query may not see must not change that query's output."""
+    q, k, v = _probe_inputs()
+    mask = attention.causal_mask(4)
+    v2 = v.clone()
+    v2[3] += 10.0  # key 3: only query 3 may see it
+    a = torch.as_tensor(fn(q, k, v, mask))
+    b = torch.as_tensor(fn(q, k, v2, mask))
+    if a.shape == b.shape == (4, 3) and not torch.allclose(a[:3], b[:3], atol=1e-6):
+        return ("changing the value of a key that a query may not see changed that query's output: "
+                "masked keys must get weight exactly 0. Put -inf in their scores before the "
+                "softmax (scores.masked_fill(~mask, float('-inf'))); setting them to 0, or adding "
+                "or multiplying by the mask, leaves them some weight.")
+    return None
+
+
 register(Exercise(
     key="masked_attention",
     lesson=LESSON,
     reference=_masked_ref,
     cases=_masked_cases,
+    properties=[Property("masked with rows = queries", _mask_rows_are_queries),
+                Property("affected by the mask", _mask_has_an_effect),
+                Property("blind to masked keys", _masked_keys_are_unseen),
+                Property("weights that sum to 1 over the keys", lambda fn: _weights_sum_to_one(
+                    lambda q, k, v: fn(q, k, v, torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool)))),
+                Property("scaled by 1/sqrt(d_k)", lambda fn: _score_scale(
+                    lambda q, k, v: fn(q, k, v, torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool))))],
     library_name="lm.attention.scaled_dot_product_attention",
     mistakes=[
         Mistake("mask inverted", _masked_inverted,
@@ -200,7 +315,7 @@ register(Exercise(
 def _split_cases() -> list[Case]:
     g = torch.Generator().manual_seed(32)
     return [
-        Case("arange, easy to read", (torch.arange(2 * 3 * 8, dtype=torch.float32).view(2, 3, 8), 2),
+        Case("arange (easy to read)", (torch.arange(2 * 3 * 8, dtype=torch.float32).view(2, 3, 8), 2),
              hint="head h gets features h*d_head .. (h+1)*d_head - 1 of every token."),
         Case("4 heads", (_randn(2, 5, 16, g=g), 4),
              hint="view as (B, T, n_heads, d_head), then transpose(1, 2) -> (B, n_heads, T, d_head)."),
@@ -247,7 +362,7 @@ register(Exercise(
 def _merge_cases() -> list[Case]:
     g = torch.Generator().manual_seed(33)
     return [
-        Case("arange, easy to read", (torch.arange(2 * 2 * 3 * 4, dtype=torch.float32).view(2, 2, 3, 4),),
+        Case("arange (easy to read)", (torch.arange(2 * 2 * 3 * 4, dtype=torch.float32).view(2, 2, 3, 4),),
              hint="token t's features are head 0's d_head values, then head 1's, ..."),
         Case("4 heads", (_randn(2, 4, 5, 8, g=g),),
              hint="transpose(1, 2) -> (B, T, n_heads, d_head), then reshape to (B, T, D)."),
@@ -297,12 +412,12 @@ register(Exercise(
 
 def _pos_cases() -> list[Case]:
     return [
-        Case("4 positions, d = 4", (4, 4),
+        Case("4 positions with d = 4", (4, 4),
              hint="position 0 is [0, 1, 0, 1, ...]: sin on even dims, cos on odd dims."),
-        Case("10 positions, d = 16", (10, 16),
+        Case("10 positions with d = 16", (10, 16),
              hint="the frequency of the pair (2i, 2i+1) is 1 / 10000^(2i/d_model)."),
         Case("d = 2", (5, 2), hint="with d_model = 2 there is one pair: sin(p), cos(p)."),
-        Case("64 positions, d = 32", (64, 32), hint="positions count from 0."),
+        Case("64 positions with d = 32", (64, 32), hint="positions count from 0."),
     ]
 
 
@@ -320,11 +435,44 @@ def _two_i(i, d):
     return 2 * i / d
 
 
+def _frequencies(got, want, case: Case) -> Diagnosis | None:
+    """Read each pair's angle at position 1 off the learner's table: sin and cos of one angle each."""
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape or not got.is_floating_point():
+        return None
+    g = got.double()
+    T, d = g.shape
+    if T < 2 or d < 2 or not torch.allclose(g[0], want[0].double(), atol=1e-5):
+        return None  # position 0 is wrong: the case's hint says what it must be
+    s, c = g[:, 0::2][:, : d // 2], g[:, 1::2][:, : d // 2]
+    if not torch.allclose(s ** 2 + c ** 2, torch.ones_like(s), atol=1e-4):
+        return Diagnosis("pairs of one angle", "dims 2i and 2i+1 must be the sine and the cosine of "
+                         "the SAME angle, p / 10000^(2i/d_model): both dims of a pair share one "
+                         "frequency, with i the index of the pair.")
+    omega = torch.atan2(s[1], c[1])  # the angle of each pair at position 1
+    i = torch.arange(d // 2, dtype=torch.float64)
+    expected = 10000.0 ** (-2 * i / d)
+    bad = ~torch.isclose(omega, expected, rtol=1e-4, atol=1e-6)
+    if not bad.any():
+        return None
+    use = (i > 0) & (omega > 0) & (omega < 1)
+    if use.sum() >= 1:
+        base = omega[use] ** (-d / (2 * i[use]))
+        if torch.allclose(base, base[0].expand_as(base), rtol=1e-3):
+            return Diagnosis("base", f"your frequencies use the base {float(base[0]):.4g}; the formula "
+                             "uses 10000: the angle of pair i is p / 10000^(2i/d_model).")
+    j = int(bad.nonzero()[0])
+    return Diagnosis("frequencies", f"the frequency of pair {j} is wrong: at position 1 its angle "
+                     f"should be 1 / 10000^({2 * j}/{d}) = {float(expected[j]):.3g}, yours is "
+                     f"{float(omega[j]):.3g}. The frequencies fall from 1 (pair 0) towards 1/10000: "
+                     "divide the position by 10000^(2i/d_model).")
+
+
 register(Exercise(
     key="sinusoidal_positions",
     lesson=LESSON,
     reference=attention.sinusoidal_positions,
     cases=_pos_cases,
+    diagnosers=[_frequencies],
     library_name="lm.attention.sinusoidal_positions",
     mistakes=[
         Mistake("sin and cos swapped", lambda T, d: _pe_with(T, d, _two_i, swap=True),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable
 
 import torch
 
 from lmcourse import transformer as tr
 from lmcourse.attention import padding_mask
-from lmcourse.checker import Case, Exercise, Mistake, register
+from lmcourse.checker import Case, Diagnosis, Exercise, Mistake, Property
+from lmcourse.exercises import register
 
 LESSON = "04_transformer"
 
@@ -67,11 +70,46 @@ def _ln_no_affine(x, w, b, eps):
     return tr.layer_norm(x, None, None, eps)
 
 
+def _ln_rows(got, want, case: Case) -> Diagnosis | None:
+    """Undo the gain and bias, then look at each row: centred? variance 1? or gain and bias swapped?"""
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape or not got.is_floating_point():
+        return None
+    x, w, b, eps = (a.double() if isinstance(a, torch.Tensor) else a for a in case.args)
+    g = got.double()
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    n = (x - mean) / torch.sqrt(var + eps)
+    if bool((b.abs() > 1e-3).all()) and torch.allclose(g, n * b + w, atol=1e-4):
+        return Diagnosis("weight and bias swapped", "weight and bias are swapped: multiply the "
+                         "normalised vector by weight (the gain), then add bias.")
+    if not bool((w.abs() > 1e-3).all()):
+        return None
+    u = (g - b) / w  # what the learner's normalisation gave, before the gain and bias
+    spread = (var > 1e-3).squeeze(-1)  # rows with a clear spread
+    if not spread.any():
+        return None
+    u, n, var = u[spread], n[spread], var[spread]
+    if not torch.allclose(u.mean(-1), torch.zeros(()).double(), atol=1e-3):
+        return Diagnosis("not centred", "your normalised rows are not centred (their mean is not 0): "
+                         "subtract each row's mean first, x - x.mean(-1, keepdim=True).")
+    ratio = (u ** 2).mean(-1) / (n ** 2).mean(-1)
+    if torch.allclose(ratio, torch.ones(()).double(), atol=1e-3):
+        return None
+    D = x.shape[-1]
+    note = (f" (yours is exactly (D - 1)/D = {(D - 1) / D:.3g} of it: x.var() and x.std() divide by "
+            "D - 1 unless you pass unbiased=False)") if torch.allclose(
+                ratio, torch.full((), (D - 1) / D).double(), atol=1e-3) else ""
+    return Diagnosis("variance not 1", "your normalised rows have the wrong spread: their variance "
+                     f"should be 1{note}. Divide x - mean by the standard deviation sqrt(var + eps), "
+                     "with var = ((x - mean)**2).mean(-1, keepdim=True), dividing by D.")
+
+
 register(Exercise(
     key="layer_norm",
     lesson=LESSON,
     reference=tr.layer_norm,
     cases=_ln_cases,
+    diagnosers=[_ln_rows],
     library_name="lm.transformer.layer_norm",
     mistakes=[
         Mistake("unbiased variance", _ln_unbiased,
@@ -115,11 +153,39 @@ def _gelu_tanh(x):
     return tr.gelu(x, approximate="tanh")
 
 
+def _gelu_cdf(got, want, case: Case) -> Diagnosis | None:
+    """GELU(x) = x * Phi(x): read the learner's Phi = got / x and compare it with known curves."""
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape or not got.is_floating_point():
+        return None
+    x = case.args[0].double()
+    use = (x.abs() > 0.2) & (x.abs() < 5)
+    if int(use.sum()) < 3:
+        return None
+    x, phi = x[use], got.double()[use] / x[use]
+    if not bool(((phi > 1e-9) & (phi < 1 - 1e-9)).all()):
+        return None
+    c = torch.special.ndtri(phi) / x  # phi = Phi(c x)
+    if torch.allclose(c, c[0].expand_as(c), rtol=1e-3) and not math.isclose(float(c[0]), 1, rel_tol=1e-3):
+        c0 = float(c[0])
+        if math.isclose(c0, -1, rel_tol=1e-3):
+            return Diagnosis("sign inside", "the sign is flipped inside: Phi(x) = 0.5 * (1 + erf(x / "
+                             "sqrt(2))), with a plus; 1 - erf gives Phi(-x).")
+        return Diagnosis("argument of erf", f"your Phi(x) is the normal CDF at {c0:.4g} x: the "
+                         "argument of erf must be x / sqrt(2), Phi(x) = 0.5 * (1 + erf(x / sqrt(2))).")
+    a = torch.logit(phi) / x  # phi = sigmoid(a x)
+    if torch.allclose(a, a[0].expand_as(a), rtol=1e-3):
+        return Diagnosis("sigmoid", f"your Phi(x) is sigmoid({float(a[0]):.4g} x), an approximation "
+                         "(x * sigmoid(x) is SiLU, also called swish); GELU uses the normal CDF, "
+                         "0.5 * (1 + erf(x / sqrt(2))).")
+    return None
+
+
 register(Exercise(
     key="gelu",
     lesson=LESSON,
     reference=tr.gelu,
     cases=_gelu_cases,
+    diagnosers=[_gelu_cdf],
     library_name="lm.transformer.gelu",
     mistakes=[
         Mistake("relu", lambda x: x.clamp_min(0),
@@ -178,6 +244,142 @@ def _block_inputs(seed: int, B: int, T: int, scale: float = 1.0) -> torch.Tensor
     return scale * torch.randn(B, T, _D, generator=g)
 
 
+def _came_out_of(y: torch.Tensor, block: torch.nn.Module) -> str | None:
+    """The LayerNorm of `block` whose output `y` is (its rows normalised, then its gain and bias)."""
+    for name in ("ln2", "ln1"):
+        ln = getattr(block, name)
+        with torch.no_grad():
+            u = ((y - ln.bias) / ln.weight).double()
+        if torch.allclose(u.mean(-1), torch.zeros(()).double(), atol=1e-3) and torch.allclose(
+                u.var(-1, unbiased=False), torch.ones(()).double(), atol=1e-2):
+            return name
+    return None
+
+
+def _block_of(case: Case, kind: str) -> tr.EncoderBlock | tr.DecoderBlock:
+    return make_block(kind, case.args[0])
+
+
+def _post_ln_output(got, want, case: Case) -> Diagnosis | None:
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+        return None
+    by = _came_out_of(got, _block_of(case, "post_ln"))
+    if by is None:
+        return Diagnosis("output not normalised", "your output is not normalised: in a post-LN block "
+                         "the last step is ln2(x + ffn(x)), so every output vector comes out of ln2.")
+    if by == "ln1":
+        return Diagnosis("ln1 last", "your output comes out of ln1: ln1 and ln2 are swapped (ln1 "
+                         "after the attention's residual sum, ln2 after the feed-forward's).")
+    return None
+
+
+def _pre_ln_output(got, want, case: Case) -> Diagnosis | None:
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+        return None
+    by = _came_out_of(got, _block_of(case, "pre_ln"))
+    if by is not None:
+        return Diagnosis("output normalised", f"your output is normalised (it comes out of {by}): in "
+                         "a pre-LN block the residual stream stays raw, x + attn(ln1(x)) then "
+                         "x + ffn(ln2(x)); only the INPUTS of the sub-layers are normalised.")
+    return None
+
+
+def _sublayer_inputs(fn: Callable, kind: str, x: torch.Tensor, mask: torch.Tensor | None) -> dict:
+    """What each sub-layer of the block received when fn ran (hooks on ln1, attn, ln2, ffn)."""
+    block = make_block(kind, 7)
+    seen: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in ("ln1", "attn", "ln2", "ffn"):
+        def hook(module, args, kwargs, name=name):
+            if name not in seen and args:
+                seen[name] = args[0].detach().clone()
+        handles.append(getattr(block, name).register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            fn(x.clone(), block, mask) if kind == "post_ln" else fn(x.clone(), block)
+    finally:
+        for h in handles:
+            h.remove()
+    return {"seen": seen, "block": block}
+
+
+def _expected_flow(kind: str, block, x: torch.Tensor, mask) -> list[tuple[str, torch.Tensor, str]]:
+    """(sub-layer, the input it should get, how that input is written) in the order data flows."""
+    with torch.no_grad():
+        if kind == "post_ln":
+            a = x + block.attn(x, mask=mask)
+            h = block.ln1(a)
+            return [("attn", x, "the block's input x"), ("ln1", a, "x + attn(x)"),
+                    ("ffn", h, "h = ln1(x + attn(x))"), ("ln2", h + block.ffn(h), "h + ffn(h)")]
+        n1 = block.ln1(x)
+        a = x + block.attn(n1, is_causal=True)
+        return [("ln1", x, "the block's input x"), ("attn", n1, "ln1(x)"),
+                ("ln2", a, "x + attn(ln1(x))"), ("ffn", block.ln2(a), "ln2(x + attn(ln1(x)))")]
+
+
+_SUBLAYER = {"ln1": "ln1", "ln2": "ln2", "attn": "the attention", "ffn": "the feed-forward"}
+_UNUSED = {
+    ("post_ln", "ln1"): "normalise the attention's residual sum with it: h = ln1(x + attn(x)).",
+    ("post_ln", "ln2"): "normalise the feed-forward's residual sum with it: ln2(h + ffn(h)).",
+    ("post_ln", "attn"): "the block starts with the attention: x + attn(x, mask=mask).",
+    ("post_ln", "ffn"): "after ln1 comes the feed-forward: ln2(h + ffn(h)).",
+    ("pre_ln", "ln1"): "pre-LN normalises the input of each sub-layer: the attention gets ln1(x).",
+    ("pre_ln", "ln2"): "use ln2 for the feed-forward's input: x + ffn(ln2(x)), with x after the "
+                       "attention's residual sum.",
+    ("pre_ln", "attn"): "the block starts with the attention: x + attn(ln1(x), is_causal=True).",
+    ("pre_ln", "ffn"): "after the attention comes the feed-forward: x + ffn(ln2(x)).",
+}
+
+
+def _data_flow(kind: str) -> Callable[[Callable], str | None]:
+    def check(fn: Callable) -> str | None:
+        x = _block_inputs(21, 1, 5)
+        run = _sublayer_inputs(fn, kind, x, None)
+        seen, block = run["seen"], run["block"]
+        flow = _expected_flow(kind, block, x, None)
+        known = {how: t for _, t, how in flow}
+        for name, want, how in flow:
+            if name not in seen:
+                return f"block.{name} is never called: {_UNUSED[kind, name]}"
+            got = seen[name]
+            if got.shape != want.shape or not torch.allclose(got, want, atol=1e-5):
+                same = next((h for h, t in known.items() if t.shape == got.shape
+                             and torch.allclose(got, t, atol=1e-5)), None)
+                yours = f"yours gets {same}" if same else "yours gets something else"
+                return (f"{_SUBLAYER[name]}'s input should be {how}; {yours}. Follow the block's "
+                        "formula in order: " + ("x = ln1(x + attn(x)), then ln2(x + ffn(x))."
+                                                 if kind == "post_ln" else
+                                                 "x = x + attn(ln1(x)), then x + ffn(ln2(x))."))
+        return None
+    return check
+
+
+def _later_tokens_matter(kind: str) -> Callable[[Callable], str | None]:
+    """Change the last token: position 0's output must change (encoder) or stay (decoder)."""
+    def check(fn: Callable) -> str | None:
+        x = _block_inputs(22, 1, 5)
+        x2 = x.clone()
+        x2[:, -1] = _block_inputs(23, 1, 1)[:, 0]  # a different last token (not a shift: LN would hide it)
+        if kind == "post_ln":
+            a, b = (_with_encoder_block(fn, 5, t, None) for t in (x, x2))
+        else:
+            a, b = (_with_decoder_block(fn, 15, t) for t in (x, x2))
+        a, b = torch.as_tensor(a), torch.as_tensor(b)
+        if a.shape != x.shape or b.shape != x.shape:
+            return None
+        moved = not torch.allclose(a[:, :-1], b[:, :-1], atol=1e-6)
+        if kind == "post_ln" and not moved:
+            return ("changing the last token did not change any earlier output: an encoder is "
+                    "bidirectional (every token attends to all the others, later ones included); "
+                    "don't make its attention causal.")
+        if kind == "pre_ln" and moved:
+            return ("changing the last token changed the outputs of earlier positions: a decoder "
+                    "must not see later tokens (the future). Use causal attention: "
+                    "block.attn(..., is_causal=True), True = may attend on and below the diagonal.")
+        return None
+    return check
+
+
 def _post_ln_cases() -> list[Case]:
     am = torch.ones(3, 6, dtype=torch.long)
     am[1, 4:] = 0
@@ -229,6 +431,9 @@ register(Exercise(
     cases=_post_ln_cases,
     call=_with_encoder_block,
     library_name="lm.transformer.EncoderBlock",
+    diagnosers=[_post_ln_output],
+    properties=[Property("bidirectional", _later_tokens_matter("post_ln")),
+                Property("wired as a post-LN block", _data_flow("post_ln"))],
     mistakes=[
         Mistake("pre-LN order", _post_ln_as_pre_ln,
                 "that is the pre-LN (GPT) block. BERT's block is post-LN: add the sub-layer's "
@@ -295,6 +500,9 @@ register(Exercise(
     cases=_pre_ln_cases,
     call=_with_decoder_block,
     library_name="lm.transformer.DecoderBlock",
+    diagnosers=[_pre_ln_output],
+    properties=[Property("causal", _later_tokens_matter("pre_ln")),
+                Property("wired as a pre-LN block", _data_flow("pre_ln"))],
     mistakes=[
         Mistake("post-LN order", _pre_ln_as_post_ln,
                 "that is the post-LN (BERT) block. GPT's block is pre-LN: normalise the sub-layer's "
@@ -329,6 +537,57 @@ def _count_variant(ln=True, final_ln=True, bias=True, n_attn=4, pos=True, head=F
     return count
 
 
+# The parts of a GPT parameter count, as functions of (V, T, D, L, F) = (vocab_size, block_size,
+# d_model, n_layers, d_ff), each with what it counts.
+_TERMS = [
+    ("V·D", lambda V, T, D, L, F: V * D, "a vocab_size x D matrix (the token embedding; the LM head "
+     "is tied to it)"),
+    ("block_size·D", lambda V, T, D, L, F: T * D, "the position embeddings, one D-sized row per "
+     "position"),
+    ("n_layers·D²", lambda V, T, D, L, F: L * D * D, "D x D matrices in every block (attention has "
+     "4: q, k, v and the output projection)"),
+    ("n_layers·D·d_ff", lambda V, T, D, L, F: L * D * F, "feed-forward matrices in every block "
+     "(there are 2: D x d_ff and d_ff x D)"),
+    ("n_layers·D", lambda V, T, D, L, F: L * D, "D-sized vectors in every block: the biases of the "
+     "projections (q, k, v, out, fc2) and the gain and the bias of each LayerNorm"),
+    ("n_layers·d_ff", lambda V, T, D, L, F: L * F, "fc1's bias, d_ff numbers in every block"),
+    ("D", lambda V, T, D, L, F: D, "D-sized vectors outside the blocks (the final LayerNorm has a "
+     "gain and a bias)"),
+]
+_PROBE_SIZES = [(10, 8, 4, 1, 16), (100, 16, 8, 0, 32), (100, 16, 32, 3, 37), (7, 5, 3, 2, 11),
+                (13, 4, 6, 3, 5), (29, 9, 5, 4, 23)]
+
+
+def _count_terms(fn: Callable) -> str | None:
+    """Explain the learner's count minus the right one as a few of the terms above."""
+    diffs = []
+    for sizes in _PROBE_SIZES:
+        got = fn(*sizes)
+        if not isinstance(got, (int, float)) or isinstance(got, bool):
+            return None
+        diffs.append(got - _gpt_count_ref(*sizes))
+    if not any(diffs):
+        return None
+    values = [[f(*sizes) for sizes in _PROBE_SIZES] for _, f, _ in _TERMS]
+    coefficients = [c for c in range(-4, 5) if c]
+    for n_terms in (1, 2, 3):
+        for chosen in itertools.combinations(range(len(_TERMS)), n_terms):
+            for coefs in itertools.product(coefficients, repeat=n_terms):
+                if all(sum(c * values[t][j] for c, t in zip(coefs, chosen)) == d
+                       for j, d in enumerate(diffs)):
+                    parts = [(c, _TERMS[t]) for c, t in zip(coefs, chosen)]
+                    sign = parts[0][0] > 0
+                    if all((c > 0) == sign for c, _ in parts):
+                        amount = " + ".join(f"{abs(c)}·{name}" if abs(c) != 1 else name
+                                            for c, (name, _, _) in parts)
+                        what = "; ".join(f"{name}: {meaning}" for _, (name, _, meaning) in parts)
+                        return (f"you count {amount} {'too many' if sign else 'too few'} "
+                                f"({what}).")
+                    terms = ", ".join(f"{c:+d}·{name}" for c, (name, _, _) in parts)
+                    return f"your count is off by {terms}: look at those parts of the model."
+    return None
+
+
 register(Exercise(
     key="param_count",
     lesson=LESSON,
@@ -345,6 +604,7 @@ register(Exercise(
     atol=0.0,
     rtol=0.0,  # a count is exact: GPT-2 small's final LayerNorm is 1e-5 of the total
     library_name="lm.transformer.gpt_param_count",
+    properties=[Property("counting every part once", _count_terms)],
     mistakes=[
         Mistake("tied head counted twice", _count_variant(head=True),
                 "the LM head is tied: it IS the token-embedding matrix, so it adds no parameters."),

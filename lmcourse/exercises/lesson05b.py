@@ -7,7 +7,8 @@ from collections.abc import Callable
 import torch
 
 from lmcourse import mlm
-from lmcourse.checker import Case, Exercise, Mistake, register
+from lmcourse.checker import Case, Diagnosis, Exercise, Mistake
+from lmcourse.exercises import register
 
 LESSON = "05b_pretraining_bert"
 IGNORE = mlm.IGNORE_INDEX
@@ -16,9 +17,14 @@ IGNORE = mlm.IGNORE_INDEX
 # --------------------------------------------------------------------------- the masking rule
 #
 # A masking is random, so a learner's function cannot reproduce the reference's draws. The check
-# runs it on a large batch and compares the *statistics* of what it did (`mlm.masking_statistics`:
-# selection rate, 80/10/10 split, specials untouched, labels -100 elsewhere) with the reference's,
-# within an absolute tolerance of 0.05; the sampling noise of these rates is below 0.01.
+# runs it on a large batch and compares the *statistics* of what it did with the reference's: the
+# rates of `mlm.masking_statistics` (selection rate, 80/10/10 split, ...) within an absolute
+# tolerance of 0.05 (their sampling noise is below 0.01), and rules that must hold exactly (special
+# tokens untouched, labels -100 or the original token, the same generator seed giving the same
+# result). Rates alone can be met by a masking with the wrong structure, so it also measures how
+# selections relate: between neighbouring rows at one position, and between neighbouring positions
+# of one row. Drawn independently, both are about mlm_probability; the same positions in every
+# row, or a fixed pattern, gives something else.
 
 
 def _batch(n_rows: int, max_len: int, vocab_size: int, n_special: int, seed: int,
@@ -43,12 +49,12 @@ def _masking_cases() -> list[Case]:
     full_ids, full_special = _batch(128, 256, 1000, 5, seed=1, full=True)
     bert_ids, bert_special = _batch(256, 256, 30000, 999, seed=2)
     return [
-        Case("padded batch, 15%", (ids, special, 4, 1000), dict(mlm_probability=0.15, seed=0),
+        Case("padded batch at 15%", (ids, special, 4, 1000), dict(mlm_probability=0.15, seed=0),
              hint="select ordinary tokens with probability mlm_probability, never where "
                   "special_tokens_mask is True; of the selected: 80% [MASK], 10% random, 10% kept."),
-        Case("no padding, 30%", (full_ids, full_special, 4, 1000), dict(mlm_probability=0.3, seed=1),
+        Case("no padding at 30%", (full_ids, full_special, 4, 1000), dict(mlm_probability=0.3, seed=1),
              hint="use the mlm_probability argument, not a fixed 0.15."),
-        Case("BERT-sized vocabulary, [MASK] = 103", (bert_ids, bert_special, 103, 30000),
+        Case("BERT-sized vocabulary with [MASK] = 103", (bert_ids, bert_special, 103, 30000),
              dict(mlm_probability=0.15, seed=2),
              hint="use the mask_token_id and vocab_size arguments; random tokens come from "
                   "range(vocab_size)."),
@@ -61,14 +67,100 @@ def _masking_call(fn: Callable, input_ids: torch.Tensor, special_tokens_mask: to
     g = torch.Generator().manual_seed(seed)
     out = fn(input_ids, special_tokens_mask, mask_token_id, vocab_size,
              mlm_probability=mlm_probability, generator=g)
-    if not (isinstance(out, tuple) and len(out) == 2):
-        raise TypeError("return a tuple (masked_input_ids, labels)")
-    masked, labels = (torch.as_tensor(t) for t in out)
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TypeError(f"return a tuple of two tensors (masked_input_ids, labels), not "
+                        f"{type(out).__name__}{' of ' + str(len(out)) if isinstance(out, (tuple, list)) else ''}")
+    masked, labels = out
+    if not (isinstance(masked, torch.Tensor) and isinstance(labels, torch.Tensor)):
+        raise TypeError(f"return two torch tensors, not {type(masked).__name__} and "
+                        f"{type(labels).__name__}")
+    if masked.dtype != input_ids.dtype or labels.dtype != input_ids.dtype:
+        raise TypeError(f"masked_input_ids and labels hold token ids: keep the dtype of input_ids "
+                        f"({input_ids.dtype}), not {masked.dtype} and {labels.dtype}")
     if masked.shape != input_ids.shape or labels.shape != input_ids.shape:
         raise ValueError(f"masked_input_ids {tuple(masked.shape)} and labels {tuple(labels.shape)} "
                          f"must both have the shape of input_ids {tuple(input_ids.shape)}")
-    return mlm.masking_statistics(input_ids, special_tokens_mask, masked, labels, mask_token_id,
-                                  vocab_size)
+    stats = mlm.masking_statistics(input_ids, special_tokens_mask, masked, labels, mask_token_id,
+                                   vocab_size)
+    stats.update(_structure(input_ids, special_tokens_mask, masked, labels))
+    g = torch.Generator().manual_seed(seed)
+    again = fn(input_ids, special_tokens_mask, mask_token_id, vocab_size,
+               mlm_probability=mlm_probability, generator=g)
+    stats["same seed, same result"] = bool(
+        isinstance(again, tuple) and len(again) == 2
+        and torch.equal(torch.as_tensor(again[0]), masked) and torch.equal(torch.as_tensor(again[1]), labels))
+    return stats
+
+
+def _agreement(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> float:
+    """P(b | a) over the positions where `valid`: how often b is selected where a is."""
+    n = int((a & valid).sum())
+    return float((a & b & valid).sum()) / n if n else 0.0
+
+
+def _structure(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, masked: torch.Tensor,
+               labels: torch.Tensor) -> dict:
+    """Rules that hold exactly, and how selections relate across rows and along a row."""
+    special = special_tokens_mask.bool()
+    ordinary = ~special
+    sel = (labels != IGNORE) & ordinary
+    return {
+        "specials untouched": not bool((special & ((labels != IGNORE) | (masked != input_ids))).any()),
+        "labels are -100 or the original": bool(((labels == IGNORE) | (labels == input_ids)).all()),
+        "unlabelled tokens unchanged": not bool((~(labels != IGNORE) & ordinary & (masked != input_ids)).any()),
+        "same position in the next row": _agreement(sel[:-1], sel[1:], ordinary[:-1] & ordinary[1:]),
+        "next position in the row": _agreement(sel[:, :-1], sel[:, 1:], ordinary[:, :-1] & ordinary[:, 1:]),
+    }
+
+
+def _masking_advice(got, want, case: Case) -> Diagnosis | None:
+    """Turn the first statistic that is off into advice (the exact rules first: rates computed from
+    invalid labels say little)."""
+    if not isinstance(got, dict) or set(got) != set(want):
+        return None
+
+    def off(key: str) -> bool:
+        return got[key] != want[key] if isinstance(want[key], bool) else abs(got[key] - want[key]) > 0.05
+
+    p = case.kwargs.get("mlm_probability", 0.15)
+    advice = [
+        ("same seed, same result", "two runs with the same generator seed gave different maskings: "
+         "your function ignores `generator`. Pass generator=generator to every random draw "
+         "(torch.bernoulli, torch.randint, torch.rand) so that a masking can be reproduced."),
+        ("labels are -100 or the original", "labels must be -100 at every position that was not "
+         "selected and the ORIGINAL token where it was selected; yours hold other values."),
+        ("specials untouched", "special tokens ([CLS], [SEP]) or padding were selected or changed: "
+         "give every position where special_tokens_mask is True selection probability 0 (and "
+         "label -100), whatever its id."),
+        ("unlabelled tokens unchanged", "you changed tokens that were not selected (their label is "
+         "-100, so nothing teaches the model what they were): replace only selected tokens."),
+        ("same position in the next row", f"a position selected in one row is selected in the next "
+         f"row {got['same position in the next row']:.0%} of the time; independent draws give "
+         f"about {p:.0%}. Draw the selection for the whole batch (shape input_ids.shape), so that "
+         "each row gets its own positions, not the same positions in every row."),
+        ("next position in the row", f"after a selected token the next one is selected "
+         f"{got['next position in the row']:.0%} of the time; independent draws give about {p:.0%}. "
+         "Your selection follows a fixed pattern: select each token independently at random "
+         "(torch.bernoulli on the full shape)."),
+        ("selected_rate", f"{got['selected_rate']:.1%} of the ordinary tokens got a label; "
+         f"about {want['selected_rate']:.1%} (mlm_probability) should."),
+        ("mask_share", f"of the selected tokens {got['mask_share']:.0%} became [MASK], "
+         f"{got['random_share']:.0%} a random token and {got['unchanged_share']:.0%} stayed "
+         "unchanged; BERT's rule is 80% / 10% / 10%."),
+        ("random_share", f"of the selected tokens {got['mask_share']:.0%} became [MASK], "
+         f"{got['random_share']:.0%} a random token and {got['unchanged_share']:.0%} stayed "
+         "unchanged; BERT's rule is 80% / 10% / 10%."),
+        ("unchanged_share", f"of the selected tokens {got['unchanged_share']:.0%} stayed unchanged; "
+         "BERT's rule keeps 10% (80% [MASK], 10% random)."),
+        ("labels_are_originals", "labels must hold the original tokens of the selected positions, "
+         "taken from input_ids before anything is replaced."),
+        ("random_id_mean", "random replacement tokens must be drawn uniformly from the whole "
+         "vocabulary: torch.randint(vocab_size, shape, generator=generator)."),
+    ]
+    for key, text in advice:
+        if key in got and off(key):
+            return Diagnosis(key, text)
+    return None
 
 
 def _draws(input_ids, special_tokens_mask, p, generator):
@@ -155,6 +247,7 @@ register(Exercise(
     reference=mlm.mask_tokens,
     cases=_masking_cases,
     call=_masking_call,
+    diagnosers=[_masking_advice],
     atol=0.05,
     rtol=0.0,
     library_name="lm.mlm.mask_tokens",
@@ -208,14 +301,20 @@ def _accuracy_cases() -> list[Case]:
     square_labels[1, 2] = int(square[1, 2].argmin())
     square_labels[1, 4] = int(square[1, 4].argmax())
     perfect = torch.randn(2, 4, 9, generator=g)
+    zeros = torch.randn(4, 3, generator=g)
+    zeros[0, 0] = zeros[2, 0] = 5.0  # predicted 0 at rows 0 and 2 (right), 2 at row 3 (wrong)
+    zeros[3, 2] = 5.0
+    zero_labels = torch.tensor([0, IGNORE, 0, 1])
     return [
-        Case("(N, V) logits", (flat, flat_labels),
+        Case("(N x V) logits", (flat, flat_labels),
              hint="predictions are logits.argmax(dim=-1); compare them with the labels where "
                   "labels != -100 only."),
-        Case("(B, T, V) batch", (batch, batch_labels),
+        Case("(B x T x V) batch", (batch, batch_labels),
              hint="argmax over the last dimension (the vocabulary), then keep labels != -100."),
         Case("T == V", (square, square_labels),
              hint="take the argmax over the vocabulary, the LAST dimension (dim=-1)."),
+        Case("label 0 is a token", (zeros, zero_labels),
+             hint="0 is a real token id: only -100 marks an unlabelled position (labels != -100)."),
         Case("nothing labelled", (perfect, torch.full((2, 4), IGNORE)),
              hint="with no labelled position return 0.0 instead of dividing by zero."),
         Case("every position right", (perfect, perfect.argmax(-1)),
@@ -238,6 +337,11 @@ def _acc_count(logits, labels):
     return float((logits.argmax(-1)[keep] == labels[keep]).sum())
 
 
+def _acc_drops_label_zero(logits, labels):
+    keep = labels > 0
+    return float((logits.argmax(-1)[keep] == labels[keep]).sum()) / max(int(keep.sum()), 1)
+
+
 def _acc_no_guard(logits, labels):
     keep = labels != IGNORE
     return (logits.argmax(-1)[keep] == labels[keep]).float().mean()
@@ -258,6 +362,9 @@ register(Exercise(
                 "dimension: logits.argmax(dim=-1)."),
         Mistake("count instead of fraction", _acc_count,
                 "divide the number of right predictions by the number of labelled positions."),
+        Mistake("label 0 dropped (> 0 instead of != -100)", _acc_drops_label_zero,
+                "0 is a real token id: only -100 marks an unlabelled position. Keep labels != -100; "
+                "labels > 0 also drops every position whose label is token 0."),
         Mistake("no guard for zero labels", _acc_no_guard,
                 "with no labelled position the mean of an empty tensor is nan: return 0.0 then."),
     ],
