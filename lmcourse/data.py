@@ -42,6 +42,18 @@ class DataError(RuntimeError):
     """Data could not be loaded; the message names what was tried and how to fix it."""
 
 
+def local_file(relative: str | Path) -> tuple[Path | None, str]:
+    """`$LMCOURSE_DATA_DIR/relative` if that file exists, else None and why not (for the
+    "tried" line a loader prints)."""
+    data_dir = config.data_dir_from_env()
+    if data_dir is None:
+        return None, f"local: {config.ENV_DATA_DIR} unset"
+    path = data_dir / relative
+    if not path.is_file():
+        return None, f"local: no {path}"
+    return path, ""
+
+
 @dataclass
 class Corpus:
     """A text corpus and where it came from."""
@@ -142,13 +154,9 @@ def load_corpus(
     corpus = None
     for source in sources:
         if source == "local":
-            data_dir = config.data_dir_from_env()
-            if data_dir is None:
-                tried.append(f"local: {config.ENV_DATA_DIR} unset")
-                continue
-            path = data_dir / spec.local
-            if not path.is_file():
-                tried.append(f"local: no {path}")
+            path, why_not = local_file(spec.local)
+            if path is None:
+                tried.append(why_not)
                 continue
             corpus = Corpus(name, read_text_file(path), "local", str(path))
         elif source == "online":
@@ -549,13 +557,9 @@ def load_sst2(
     source = location = ""
     for source in sources:
         if source == "local":
-            data_dir = config.data_dir_from_env()
-            if data_dir is None:
-                tried.append(f"local: {config.ENV_DATA_DIR} unset")
-                continue
-            path = data_dir / SST2_DIR / file_name
-            if not path.is_file():
-                tried.append(f"local: no {path}")
+            path, why_not = local_file(Path(SST2_DIR) / file_name)
+            if path is None:
+                tried.append(why_not)
                 continue
             rows, location = read_sst2_tsv(path), str(path)
         elif source == "online":
