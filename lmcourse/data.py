@@ -9,8 +9,10 @@ Every loader says which source it used. The order:
    on every Python install.
 
 It also reads CoNLL-2003 files (sentences as token lists), loads SST-2 for sentiment
-classification (`load_sst2`, with a synthetic offline sample and `model_selection_split`), and
-finds the packaged offline encoder (all-MiniLM-L6-v2: BERT architecture, uncased, fine-tuned for
+classification (`load_sst2`, with a synthetic offline sample and `model_selection_split`), loads
+named-entity data (`load_conll`: CoNLL-2003 from the three sources, with a synthetic offline
+sample, or any folder of CoNLL files; tag schemes in `lmcourse.ner`), and finds the packaged
+offline encoder (all-MiniLM-L6-v2: BERT architecture, uncased, fine-tuned for
 sentence embeddings, no MLM head).
 """
 
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lmcourse import config
+from lmcourse import config, ner
 from lmcourse.config import ENV_CACHE, cache_dir  # noqa: F401  (lm.data.cache_dir, as before)
 
 SOURCES = ("local", "online", "offline")
@@ -649,3 +651,527 @@ def model_selection_split(
     rest_idx = torch.nonzero(~is_held).flatten().tolist()
     held_idx = torch.nonzero(is_held).flatten().tolist()
     return train.select(rest_idx), train.select(held_idx)
+
+
+# --------------------------------------------------------------------------- CoNLL-2003 named entities
+
+# Every source gives one format: `id` (string: the sentence's position in its split), `tokens`
+# (a list of strings) and `ner_tags` (a list of ClassLabel, IOB2). The POS and chunk columns of the
+# files and of the Hub's copy are dropped everywhere: the NER lesson tags entities only.
+CONLL2003_TYPES = ("PER", "ORG", "LOC", "MISC")
+CONLL2003_LABELS = tuple(ner.bio_labels(CONLL2003_TYPES))  # O, B-PER, I-PER, ..., I-MISC (the Hub's order)
+CONLL_SPLIT_NAMES = ("train", "validation", "test")
+CONLL_SPLIT_ALIASES = {"valid": "validation", "dev": "validation"}
+CONLL_FILES = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
+CONLL_FILE_ALTERNATIVES = {"validation": ("dev.txt",)}  # also accepted in a folder given with folder=
+CONLL_SCHEMES = ("auto", *ner.SCHEMES)
+DOCSTART = "-DOCSTART-"  # a line that separates documents in CoNLL files
+# Hub copies, in the order tried. The plain `conll2003` id and the repository's loading script no
+# longer load with datasets>=4, so the first is the Hub's automatic Parquet conversion of it.
+CONLL_HUB = (("eriktks/conll2003", "refs/convert/parquet"), ("lhoestq/conll2003", None))
+SYNTHETIC_CONLL_DIR = "conll_synthetic"  # in the project's data/ folder
+SYNTHETIC_CONLL_SIZES = {"train": 300, "validation": 100, "test": 100}
+SYNTHETIC_CONLL_NOTE = "synthetic sample, not CoNLL-2003"
+SYNTHETIC_CONLL_DOCUMENT = 10  # sentences per -DOCSTART- document in the written files
+
+
+@dataclass
+class ConllFile:
+    """The sentences of a CoNLL file: tokens, IOB2 tags and the line each token came from."""
+
+    path: Path
+    tokens: list[list[str]]
+    tags: list[list[str]]   # IOB2, converted when the file was IOB1
+    lines: list[list[int]]  # the file's line number of each token (for error messages)
+    scheme: str             # the scheme the file was written in: IOB1 or IOB2
+    columns: int            # columns per token line (4: token POS chunk NER; 2: token NER)
+
+    def types(self) -> set[str]:
+        """The entity types the file's tags use."""
+        return {t[2:] for tags in self.tags for t in tags if t != ner.OUTSIDE}
+
+    def __repr__(self) -> str:
+        return (f"ConllFile({str(self.path)!r}, {len(self.tokens):,} sentences, {self.scheme}, "
+                f"types {sorted(self.types())})")
+
+
+def conll_split_name(split: str) -> str:
+    """The canonical split name: train, validation or test ('valid' and 'dev' mean validation)."""
+    name = CONLL_SPLIT_ALIASES.get(split, split)
+    if name not in CONLL_SPLIT_NAMES:
+        raise DataError(f"Unknown CoNLL split {split!r}; choose one of {CONLL_SPLIT_NAMES} "
+                        "('valid' and 'dev' are accepted for validation).")
+    return name
+
+
+def read_conll(path: str | Path, scheme: str = "auto") -> ConllFile:
+    """Read a CoNLL file with named-entity tags: tokens and IOB2 tags per sentence.
+
+    One token per line in columns separated by spaces, the token first and its NER tag last: 4
+    columns `token POS chunk NER` as in CoNLL-2003, or 2 columns `token NER`, or any other count
+    that stays the same in the whole file. A blank line ends a sentence; `-DOCSTART-` lines between
+    documents are skipped. `scheme` is "IOB1" (an entity may start with I-; B- only between two
+    adjacent entities of one type), "IOB2" (every entity starts with B-; an entity starting with
+    I- is an error) or "auto" (detected: IOB1 when some entity starts with I-). IOB1 is converted
+    to IOB2. A malformed line (a column count unlike the first token line's, a tag that is not O,
+    B-TYPE or I-TYPE) or a file without sentences raises a DataError naming the file and the line.
+    """
+    if scheme not in CONLL_SCHEMES:
+        raise DataError(f"Unknown tag scheme {scheme!r}; choose one of {CONLL_SCHEMES}.")
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"No CoNLL file at {path}. Give the path of a file with one token a line "
+                        "(token first, NER tag last) and a blank line between sentences.")
+    tokens: list[list[str]] = []
+    tags: list[list[str]] = []
+    lines: list[list[int]] = []
+    sentence: tuple[list[str], list[str], list[int]] = ([], [], [])
+    columns, first_line = 0, 0
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                fields = line.split()
+                if not fields or fields[0] == DOCSTART:
+                    if sentence[0]:
+                        tokens.append(sentence[0])
+                        tags.append(sentence[1])
+                        lines.append(sentence[2])
+                        sentence = ([], [], [])
+                    continue
+                if not columns:
+                    if len(fields) < 2:
+                        raise DataError(
+                            f"{path}, line {lineno}: found 1 column ({line.rstrip()!r}); a CoNLL "
+                            "file needs at least 2, the token first and its NER tag last "
+                            "(CoNLL-2003: token POS chunk NER)."
+                        )
+                    columns, first_line = len(fields), lineno
+                elif len(fields) != columns:
+                    raise DataError(
+                        f"{path}, line {lineno}: expected {columns} columns (as on line "
+                        f"{first_line}, the first token line), found {len(fields)}: "
+                        f"{line.rstrip()!r}. Every token line needs the same columns, the NER "
+                        "tag last; sentences are separated by blank lines."
+                    )
+                try:
+                    ner.split_tag(fields[-1])
+                except ValueError as e:
+                    raise DataError(f"{path}, line {lineno}: the NER tag (last column) {e} "
+                                    f"Line: {line.rstrip()!r}.") from None
+                sentence[0].append(fields[0])
+                sentence[1].append(fields[-1])
+                sentence[2].append(lineno)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start}). Convert it, e.g. "
+                        "`iconv -f latin1 -t utf-8`, or replace the file.") from e
+    if sentence[0]:
+        tokens.append(sentence[0])
+        tags.append(sentence[1])
+        lines.append(sentence[2])
+    if not tokens:
+        raise DataError(f"{path} holds no sentences (only blank or {DOCSTART} lines): an empty "
+                        "split. Check that the file was written completely.")
+    found = ner.detect_scheme(tags)
+    if scheme == "IOB2" and found == "IOB1":
+        for sent_tags, sent_lines in zip(tags, lines):
+            bad = ner.iob2_errors(sent_tags)
+            if bad:
+                i = bad[0]
+                after = f"after {sent_tags[i - 1]}" if i else "at the sentence's start"
+                raise DataError(
+                    f"{path}, line {sent_lines[i]}: {sent_tags[i]} begins an entity ({after}), "
+                    "which IOB2 does not allow: IOB2 starts every entity with B-. The file looks "
+                    "like IOB1; pass scheme='IOB1' or 'auto' to convert it."
+                )
+    if found == "IOB1":
+        tags = [ner.iob1_to_iob2(t) for t in tags]
+    return ConllFile(path, tokens, tags, lines, found, columns)
+
+
+def labels_from_training(train: ConllFile) -> list[str]:
+    """The label list a training file defines: `O`, then `B-TYPE`, `I-TYPE` for each entity type
+    it uses, types in alphabetical order, except that CoNLL-2003's four types (PER, ORG, LOC,
+    MISC) keep CoNLL-2003's order, so such a folder gets the same labels as `load_conll`'s sources.
+    Both B- and I- are listed for every type, even one whose entities are all one token long."""
+    types = train.types()
+    if not types:
+        raise DataError(f"{train.path} tags no entity at all (every tag is O): there are no "
+                        "labels to learn. Is the NER column the last one?")
+    ordered = list(CONLL2003_TYPES) if types == set(CONLL2003_TYPES) else sorted(types)
+    return ner.bio_labels(ordered)
+
+
+def check_conll_labels(file: ConllFile, labels: Sequence[str], source: str) -> None:
+    """Raise a DataError naming the first tag of `file` that is not in `labels` and its line;
+    `source` says where the labels come from ("the training file ...", "CoNLL-2003's labels")."""
+    allowed = set(labels)
+    for sent_tags, sent_lines in zip(file.tags, file.lines):
+        for tag, lineno in zip(sent_tags, sent_lines):
+            if tag not in allowed:
+                raise DataError(
+                    f"{file.path}, line {lineno}: label {tag!r} (entity type {tag[2:]!r}) is not "
+                    f"in {source}, so a model trained on it could never predict it. Labels: "
+                    f"{', '.join(labels)}. Fix the tag, or add examples of {tag[2:]!r} to training."
+                )
+
+
+def conll_features(labels: Sequence[str] = CONLL2003_LABELS) -> datasets.Features:
+    """The columns of every CoNLL split from every source: id (string), tokens (list of strings),
+    ner_tags (list of ClassLabel with `labels`; CoNLL-2003's by default)."""
+    import datasets
+
+    return datasets.Features({
+        "id": datasets.Value("string"),
+        "tokens": datasets.List(datasets.Value("string")),
+        "ner_tags": datasets.List(datasets.ClassLabel(names=list(labels))),
+    })
+
+
+def _conll_dataset(
+    tokens: Sequence[Sequence[str]],
+    tags: Sequence[Sequence[str]],
+    labels: Sequence[str],
+    split: str,
+    description: str,
+    ids: Sequence[str] | None = None,
+) -> datasets.Dataset:
+    """A `datasets.Dataset` with the CoNLL features from tokens and IOB2 tag names."""
+    import datasets
+
+    index = {label: i for i, label in enumerate(labels)}
+    features = conll_features(labels)
+    return datasets.Dataset.from_dict(
+        {"id": list(ids) if ids is not None else [str(i) for i in range(len(tokens))],
+         "tokens": [list(t) for t in tokens],
+         "ner_tags": [[index[t] for t in sent] for sent in tags]},
+        features=features,
+        info=datasets.DatasetInfo(description=description, features=features),
+        split=datasets.NamedSplit(split),
+    )
+
+
+def _hub_conll_rows(
+    hub_id: str, revision: str | None, split: str,
+) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """(ids, tokens, IOB2 tag names) of one split of a Hub copy of CoNLL-2003, checked.
+
+    Tag ids are mapped through the Hub's own label names (its ClassLabel), never by position, so a
+    copy whose labels come in another order still gives the right tags. A copy without label
+    names is refused: its ids cannot be read safely.
+    """
+    where = f"{hub_id}{'@' + revision if revision else ''} split {split!r}"
+    ds = load_hub_dataset(hub_id, split=split, revision=revision)
+    missing = {"tokens", "ner_tags"} - set(ds.column_names)
+    if missing:
+        raise DataError(f"{where} has no column(s) {sorted(missing)} (columns: {ds.column_names}).")
+    inner = getattr(ds.features["ner_tags"], "feature", None)
+    names = getattr(inner, "names", None)
+    as_strings = names is None and getattr(inner, "dtype", None) == "string"
+    if names is None and not as_strings:
+        raise DataError(f"{where}: ner_tags ({ds.features['ner_tags']}) has no label names, so its "
+                        "ids cannot be mapped to tags safely.")
+    unknown = sorted(set(names or ()) - set(CONLL2003_LABELS))
+    if unknown:
+        raise DataError(f"{where}: label(s) {unknown} are not CoNLL-2003's {list(CONLL2003_LABELS)}.")
+    raw_ids = ds["id"] if "id" in ds.column_names else range(len(ds))
+    ids: list[str] = []
+    tokens: list[list[str]] = []
+    tags: list[list[str]] = []
+    for i, (row_id, toks, row_tags) in enumerate(zip(raw_ids, ds["tokens"], ds["ner_tags"])):
+        if len(toks) != len(row_tags):
+            raise DataError(f"{where}, row {i}: {len(toks)} tokens but {len(row_tags)} tags.")
+        if not toks:
+            continue  # an empty row holds no sentence
+        if as_strings:
+            row_names = list(row_tags)
+            bad = [t for t in row_names if t not in CONLL2003_LABELS]
+        else:
+            bad = [t for t in row_tags if not 0 <= t < len(names)]
+            row_names = [] if bad else [names[t] for t in row_tags]
+        if bad:
+            raise DataError(f"{where}, row {i}: tag(s) {bad} are not CoNLL-2003 labels.")
+        ids.append(str(row_id))
+        tokens.append(list(toks))
+        tags.append(ner.iob1_to_iob2(row_names))  # unchanged when already IOB2, as on the Hub
+    if not tokens:
+        raise DataError(f"{where} holds no sentences.")
+    return ids, tokens, tags
+
+
+def write_conll(
+    path: str | Path,
+    sentences: Sequence[tuple[Sequence[str], Sequence[str]]],
+    document_size: int | None = None,
+) -> Path:
+    """Write (tokens, tags) sentences as a 4-column CoNLL file, `token -X- -X- TAG` (the POS and
+    chunk columns hold CoNLL's placeholder -X-), a blank line after each sentence and a
+    `-DOCSTART-` line before every `document_size` sentences (None: before the first only)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out: list[str] = []
+    for i, (tokens, tags) in enumerate(sentences):
+        if i == 0 or (document_size and i % document_size == 0):
+            out += [f"{DOCSTART} -X- -X- O", ""]
+        if len(tokens) != len(tags) or not tokens:
+            raise DataError(f"Sentence {i}: {len(tokens)} tokens and {len(tags)} tags.")
+        for token, tag in zip(tokens, tags):
+            if not token or any(c.isspace() for c in token):
+                raise DataError(f"Sentence {i}: token {token!r} is empty or holds a space.")
+            ner.split_tag(tag)
+            out.append(f"{token} -X- -X- {tag}")
+        out.append("")
+    path.write_text("\n".join(out) + "\n", encoding="utf-8", newline="\n")
+    return path
+
+
+# The synthetic sample: short news-like sentences composed from templates. Slots name a kind of
+# entity ({CLUB} is an ORG, {CITY} a LOC, ...) and are filled from lists that include multi-token
+# names ("New York Stock Exchange", "Hans-Peter Schmidt", "Bank of England") and ambiguous words:
+# "Washington" and "Jordan" are surnames (PER) in some sentences and places (LOC) in others.
+_ENTITY_SLOTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "PERSON": ("PER", ("Hans-Peter Schmidt", "Maria Gonzalez", "Kenji Watanabe", "Olga Petrova",
+                       "Pierre Dubois", "Denise Washington", "Samuel Jordan", "Fatima Haddad",
+                       "Lars Eriksson", "Grace Mwangi")),
+    "SURNAME": ("PER", ("Schmidt", "Gonzalez", "Watanabe", "Petrova", "Dubois", "Washington",
+                        "Jordan", "Haddad", "Eriksson", "Mwangi")),
+    "COMPANY": ("ORG", ("Siemens", "Daimler-Benz", "General Motors", "British Airways",
+                        "Deutsche Telekom", "Toyota", "Nestle", "Royal Dutch Shell")),
+    "EXCHANGE": ("ORG", ("New York Stock Exchange", "Frankfurt Stock Exchange",
+                         "Tokyo Stock Exchange", "Nasdaq")),
+    "CLUB": ("ORG", ("Bayern Munich", "Ajax Amsterdam", "Manchester United", "Real Madrid",
+                     "Inter Milan", "Galatasaray")),
+    "BODY": ("ORG", ("European Commission", "United Nations", "Bank of England", "Bundesbank",
+                     "International Monetary Fund", "World Bank")),
+    "COUNTRY": ("LOC", ("Germany", "Jordan", "France", "Sri Lanka", "South Africa", "Japan",
+                        "Brazil", "Kenya")),
+    "CITY": ("LOC", ("Washington", "New York", "Frankfurt", "Rio de Janeiro", "Amman", "Brussels",
+                     "Tokyo", "Hong Kong")),
+    "NATIONALITY": ("MISC", ("German", "British", "Jordanian", "French", "Japanese", "Brazilian",
+                             "Dutch", "Kenyan")),
+    "EVENT": ("MISC", ("World Cup", "Olympic Games", "Tour de France", "Davis Cup", "Euro 96")),
+}
+_FILLERS = {
+    "DAY": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
+    "NUM": ("2", "3.5", "12", "40", "150", "1,200", "7.25"),
+    "SCORE": ("1-0", "2-1", "3-1", "4-2", "2-0"),
+}
+_NEWS_TEMPLATES = (
+    "{PERSON} , chief executive of {COMPANY} , said on {DAY} that profits would rise .",
+    "Shares in {COMPANY} fell {NUM} percent on the {EXCHANGE} on {DAY} .",
+    "{COMPANY} shares rose {NUM} percent in {CITY} .",
+    "{SURNAME} scored twice as {CLUB} beat {CLUB} {SCORE} in {CITY} on {DAY} .",
+    "The {NATIONALITY} government said {PERSON} would visit {COUNTRY} next week .",
+    "{COUNTRY} and {COUNTRY} signed a trade agreement in {CITY} on {DAY} .",
+    "{PERSON} arrived in {CITY} on {DAY} for talks with the {BODY} .",
+    "{NATIONALITY} police arrested {NUM} people in {CITY} .",
+    "{PERSON} of {COUNTRY} won a medal at the {EVENT} .",
+    "The {BODY} kept interest rates unchanged , {SURNAME} told reporters in {CITY} .",
+    "{SURNAME} , who joined {CLUB} from {CLUB} , will miss the {EVENT} .",
+    "Officials in {CITY} said the {EVENT} would go ahead as planned .",
+    "{SURNAME} said the {NATIONALITY} team would travel to {COUNTRY} on {DAY} .",
+    "{COMPANY} , based in {CITY} , will cut {NUM} jobs , {PERSON} said .",
+    "The {EXCHANGE} closed early on {DAY} .",
+    "Trading was quiet on {DAY} and prices rose {NUM} percent .",
+    "Rain stopped play on {DAY} with the score at {SCORE} .",
+)
+# Each split starts with these, so every split has both readings of the ambiguous words.
+_SYNTHETIC_ANCHORS = (("SURNAME", "Washington"), ("CITY", "Washington"),
+                      ("SURNAME", "Jordan"), ("COUNTRY", "Jordan"))
+
+
+def _synthetic_ner_sentence(
+    rng: random.Random, forced: tuple[str, str] | None = None,
+) -> tuple[list[str], list[str]]:
+    """One template sentence and its IOB2 tags; `forced` = (slot, name) fills that slot's first
+    occurrence with that name (the template is then drawn among those having the slot)."""
+    templates = [t for t in _NEWS_TEMPLATES if forced is None or "{" + forced[0] + "}" in t]
+    tokens: list[str] = []
+    spans: list[tuple[str, int, int]] = []
+    used: set[str] = {forced[1]} if forced is not None else set()  # kept for the forced slot
+    pending = forced
+    for word in rng.choice(templates).split():
+        slot = word[1:-1] if word.startswith("{") and word.endswith("}") else None
+        if slot in _FILLERS:
+            tokens.append(rng.choice(_FILLERS[slot]))
+        elif slot is not None:
+            kind, names = _ENTITY_SLOTS[slot]
+            if pending is not None and pending[0] == slot:
+                name, pending = pending[1], None
+            else:
+                name = rng.choice([n for n in names if n not in used])  # two clubs differ
+            used.add(name)
+            words = name.split()
+            spans.append((kind, len(tokens), len(tokens) + len(words)))
+            tokens += words
+        else:
+            tokens.append(word)
+    return tokens, ner.spans_to_tags(len(tokens), spans)
+
+
+def synthetic_conll(seed: int = config.DEFAULT_SEED) -> dict[str, list[tuple[list[str], list[str]]]]:
+    """The synthetic NER sample's (tokens, IOB2 tags) per split (a synthetic sample, not CoNLL-2003).
+
+    Template news sentences with all four CoNLL-2003 types, multi-token entities and ambiguous
+    words ("Washington", "Jordan" as PER and as LOC, in every split). The same seed gives the same
+    sentences on every machine (Python's `random.Random`); no sentence occurs twice, within a split
+    or across splits.
+    """
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    splits: dict[str, list[tuple[list[str], list[str]]]] = {}
+    for split, size in SYNTHETIC_CONLL_SIZES.items():
+        rows: list[tuple[list[str], list[str]]] = []
+        while len(rows) < size:
+            forced = _SYNTHETIC_ANCHORS[len(rows)] if len(rows) < len(_SYNTHETIC_ANCHORS) else None
+            tokens, tags = _synthetic_ner_sentence(rng, forced)
+            text = " ".join(tokens)
+            if text not in seen:
+                seen.add(text)
+                rows.append((tokens, tags))
+        splits[split] = rows
+    return splits
+
+
+def write_synthetic_conll(folder: str | Path | None = None, seed: int = config.DEFAULT_SEED) -> Path:
+    """Write the synthetic NER sample as train.txt, valid.txt and test.txt in CoNLL-2003's 4-column
+    layout (default folder: data/conll_synthetic)."""
+    folder = Path(folder) if folder is not None else project_data_dir() / SYNTHETIC_CONLL_DIR
+    for split, rows in synthetic_conll(seed).items():
+        write_conll(folder / CONLL_FILES[split], rows, document_size=SYNTHETIC_CONLL_DOCUMENT)
+    return folder
+
+
+def _conll_summary(tags: Sequence[Sequence[str]], labels: Sequence[str]) -> str:
+    """"N sentences, N tokens, N entities (PER n / ORG n / ...)" for the printed line."""
+    counts = {kind: 0 for kind in ner.entity_types(labels)}
+    for sent in tags:
+        for kind, _, _ in ner.entity_spans(sent):
+            counts[kind] += 1
+    per_type = " / ".join(f"{kind} {n:,}" for kind, n in counts.items())
+    return (f"{len(tags):,} sentences, {sum(len(t) for t in tags):,} tokens, "
+            f"{sum(counts.values()):,} entities ({per_type})")
+
+
+def _find_split_file(folder: Path, split: str) -> Path:
+    """The file of `split` in a CoNLL folder: train.txt, valid.txt (or dev.txt), test.txt."""
+    names = (CONLL_FILES[split], *CONLL_FILE_ALTERNATIVES.get(split, ()))
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise DataError(f"No {' or '.join(names)} in {folder}. A CoNLL folder holds train.txt, "
+                    "valid.txt (or dev.txt) and test.txt.")
+
+
+def _load_conll_folder(split: str, folder: Path, scheme: str, quiet: bool) -> datasets.Dataset:
+    """One split of any CoNLL folder, labels read from its training file."""
+    if not folder.is_dir():
+        raise DataError(f"folder={str(folder)!r} is not a folder. Give a folder holding train.txt, "
+                        "valid.txt and test.txt in the CoNLL column layout.")
+    train = read_conll(_find_split_file(folder, "train"), scheme)
+    labels = labels_from_training(train)
+    file = train if split == "train" else read_conll(_find_split_file(folder, split), scheme)
+    check_conll_labels(file, labels, f"the training file {train.path}")
+    converted = ", tags IOB1 converted to IOB2" if file.scheme == "IOB1" else ""
+    location = f"{file.path}{converted}; labels from {train.path.name}: {', '.join(labels)}"
+    ds = _conll_dataset(file.tokens, file.tags, labels, split, f"CoNLL {split} from folder: {location}")
+    if not quiet:
+        print(f"conll '{split}' from folder {folder}: {location}. "
+              f"{_conll_summary(file.tags, labels)}")
+    return ds
+
+
+def load_conll(
+    split: str = "train",
+    folder: str | Path | None = None,
+    sources: Sequence[str] = SOURCES,
+    scheme: str = "auto",
+    quiet: bool = False,
+) -> datasets.Dataset:
+    """One split of a named-entity data set as a `datasets.Dataset`, saying where it came from.
+
+    `split` is "train", "validation" or "test"; "valid" and "dev" are accepted as aliases of
+    "validation" (CoNLL-2003's file is valid.txt). Every source gives the same columns: `id`
+    (string, the sentence's position in its split), `tokens` (list of strings) and `ner_tags` (list
+    of `ClassLabel`, IOB2 tags). POS and chunk columns are dropped.
+
+    Without `folder`, CoNLL-2003 with labels `O, B-PER, I-PER, B-ORG, I-ORG, B-LOC, I-LOC, B-MISC,
+    I-MISC` (`CONLL2003_LABELS`) from the first of `sources` that works:
+
+    1. local: `$LMCOURSE_DATA_DIR/conll2003/{train,valid,test}.txt` (4 columns token POS chunk NER);
+    2. online: the Hub's `eriktks/conll2003` (its Parquet conversion), then `lhoestq/conll2003`,
+       skipped when offline; tag ids are mapped through the Hub's label names;
+    3. offline: the project's synthetic sample (`data/conll_synthetic`, a synthetic sample, not
+       CoNLL-2003: a few hundred template sentences).
+
+    With `folder`, that folder alone (`sources` is not used): `train.txt`, `valid.txt` (or
+    `dev.txt`) and `test.txt` in the CoNLL column layout (see `read_conll`: 4 columns, 2, or any
+    count, NER tag last), any entity types. The labels come from the training file
+    (`labels_from_training`: `O`, then `B-`/`I-` per type, types in alphabetical order, CoNLL-2003's
+    four in its own order); a validation or test label that training never uses is an error.
+    `scheme` ("auto", "IOB1", "IOB2") says how the files' tags are read; IOB1 becomes IOB2.
+
+    The dataset's `info.description` names the source as the printed line does.
+    """
+    split = conll_split_name(split)
+    if folder is not None:
+        return _load_conll_folder(split, Path(folder).expanduser(), scheme, quiet)
+    bad = [s for s in sources if s not in SOURCES]
+    if bad:
+        raise DataError(f"Unknown source(s) {bad}; choose from {SOURCES}.")
+    labels = list(CONLL2003_LABELS)
+    file_name = CONLL_FILES[split]
+    tried: list[str] = []
+    rows: tuple[list[str] | None, list[list[str]], list[list[str]]] | None = None
+    source = location = ""
+    for source in sources:
+        if source == "local":
+            path, why_not = local_file(Path(CONLL_DIR) / file_name)
+            if path is None:
+                tried.append(why_not)
+                continue
+            file = read_conll(path, scheme)
+            check_conll_labels(file, labels, "CoNLL-2003's labels")
+            rows, location = (None, file.tokens, file.tags), str(path)
+        elif source == "online":
+            if config.is_offline():
+                tried.append(f"online: skipped ({config.offline_reason()})")
+                continue
+            for hub_id, revision in CONLL_HUB:
+                try:
+                    rows = _hub_conll_rows(hub_id, revision, split)
+                except (*_network_errors(), DataError) as e:
+                    tried.append(f"online: {hub_id} failed ({type(e).__name__}: {e})")
+                    continue
+                location = f"Hugging Face Hub {hub_id}" + (f"@{revision}" if revision else "")
+                break
+            if rows is None:
+                continue
+        else:
+            path = project_data_dir() / SYNTHETIC_CONLL_DIR / file_name
+            if path.is_file():
+                file = read_conll(path, "IOB2")
+                check_conll_labels(file, labels, "CoNLL-2003's labels")
+                rows, where = (None, file.tokens, file.tags), str(path)
+            else:  # an installed package has no data/ folder: compose the same rows in memory
+                sample = synthetic_conll()[split]
+                rows = (None, [t for t, _ in sample], [g for _, g in sample])
+                where = "lm.data.synthetic_conll(), composed in memory"
+            location = f"{SYNTHETIC_CONLL_NOTE} ({where})"
+        break
+    if rows is None:
+        raise DataError(
+            f"Could not load CoNLL-2003 {split!r}. Tried: " + "; ".join(tried) + ". Fix: set "
+            f"{config.ENV_DATA_DIR} to a folder with {CONLL_DIR}/{file_name}, or allow the network "
+            "(unset HF_HUB_OFFLINE/HF_DATASETS_OFFLINE), or include 'offline' in sources."
+        )
+    ids, tokens, tags = rows
+    ds = _conll_dataset(tokens, tags, labels, split, f"CoNLL-2003 {split} from {source} source: "
+                        f"{location}", ids=ids)
+    if not quiet:
+        note = f" (not used: {'; '.join(tried)})" if tried else ""
+        print(f"conll2003 '{split}' from {source} source: {location}, "
+              f"{_conll_summary(tags, labels)}{note}")
+        if source == "offline":
+            print(f"  note: this is a {SYNTHETIC_CONLL_NOTE} (template sentences); "
+                  "numbers will differ from the lesson's text.")
+    return ds

@@ -451,3 +451,372 @@ def test_model_selection_split_is_stratified_and_deterministic():
 def test_model_selection_split_rejects_bad_sizes(size):
     with pytest.raises(DataError, match="Cannot hold out|between 0 and 1"):
         data.model_selection_split(_labelled(5, 5), size)
+
+
+# ------------------------------------------------------------------ CoNLL named entities
+
+CONLL_TAGGED = [  # (tokens, POS, chunk, NER) of the CONLL text above, for the mocked Hub
+    (["EU", "rejects", "German", "call", "."], ["NNP", "VBZ", "JJ", "NN", "."],
+     ["B-NP", "B-VP", "B-NP", "I-NP", "O"], ["B-ORG", "O", "B-MISC", "O", "O"]),
+    (["Peter", "Blackburn"], ["NNP", "NNP"], ["B-NP", "I-NP"], ["B-PER", "I-PER"]),
+    (["BRUSSELS", "1996-08-22"], ["NNP", "CD"], ["B-NP", "I-NP"], ["B-LOC", "O"]),
+]
+HUB_POS = ['"', "NNP", "VBZ", "JJ", "NN", ".", "CD"]  # a few of the Hub's 47 POS names
+HUB_CHUNK = ["O", "B-NP", "I-NP", "B-VP"]
+TNER_ORDER = ["O", "B-ORG", "B-MISC", "B-PER", "I-PER", "B-LOC", "I-ORG", "I-MISC", "I-LOC"]
+
+
+def _conll_hub_split(ner_names=data.CONLL2003_LABELS, as_strings=False):
+    """A small dataset shaped as the Hub's eriktks/conll2003: id (string), tokens, pos_tags,
+    chunk_tags, ner_tags, each tag column a list of ClassLabel (`ner_names=None`: bare ints)."""
+    import datasets
+
+    if as_strings:
+        ner_feature, encode = datasets.Value("string"), (lambda t: t)
+    elif ner_names is None:
+        ner_feature, encode = datasets.Value("int64"), data.CONLL2003_LABELS.index
+    else:
+        ner_feature, encode = datasets.ClassLabel(names=list(ner_names)), list(ner_names).index
+    features = datasets.Features({
+        "id": datasets.Value("string"),
+        "tokens": datasets.List(datasets.Value("string")),
+        "pos_tags": datasets.List(datasets.ClassLabel(names=HUB_POS)),
+        "chunk_tags": datasets.List(datasets.ClassLabel(names=HUB_CHUNK)),
+        "ner_tags": datasets.List(ner_feature),
+    })
+    return datasets.Dataset.from_dict({
+        "id": [str(i) for i in range(len(CONLL_TAGGED))],
+        "tokens": [s[0] for s in CONLL_TAGGED],
+        "pos_tags": [[HUB_POS.index(p) for p in s[1]] for s in CONLL_TAGGED],
+        "chunk_tags": [[HUB_CHUNK.index(c) for c in s[2]] for s in CONLL_TAGGED],
+        "ner_tags": [[encode(t) for t in s[3]] for s in CONLL_TAGGED],
+    }, features=features)
+
+
+def _conll_folder(tmp_path, text=CONLL):
+    folder = tmp_path / "nerdata"
+    (folder / "conll2003").mkdir(parents=True)
+    for name in ("train.txt", "valid.txt", "test.txt"):
+        (folder / "conll2003" / name).write_text(text)
+    return folder
+
+
+def _as_names(ds):
+    """Each row's tags as label names (through the dataset's own ClassLabel)."""
+    names = ds.features["ner_tags"].feature.names
+    return [[names[i] for i in row] for row in ds["ner_tags"]]
+
+
+def test_conll_three_sources_give_the_same_features(clean_env, monkeypatch, capsys):
+    calls = []
+
+    def fake_hub(path, split, revision=None):
+        calls.append((path, split, revision))
+        return _conll_hub_split()
+
+    monkeypatch.setattr(data, "load_hub_dataset", fake_hub)
+    monkeypatch.setenv("LMCOURSE_DATA_DIR", str(_conll_folder(clean_env)))
+    local = data.load_conll("valid")
+    out = capsys.readouterr().out
+    assert "conll2003 'validation' from local source" in out and "conll2003/valid.txt" in out
+    assert "3 sentences, 9 tokens, 4 entities (PER 1 / ORG 1 / LOC 1 / MISC 1)" in out
+    monkeypatch.delenv("LMCOURSE_DATA_DIR")
+    online = data.load_conll("dev")  # the alias reaches the Hub as "validation"
+    out = capsys.readouterr().out
+    assert "from online source: Hugging Face Hub eriktks/conll2003@refs/convert/parquet" in out
+    assert "LMCOURSE_DATA_DIR unset" in out
+    assert calls == [("eriktks/conll2003", "validation", "refs/convert/parquet")]
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    offline = data.load_conll("validation")
+    out = capsys.readouterr().out
+    assert "from offline source: synthetic sample, not CoNLL-2003" in out
+    assert "skipped (HF_DATASETS_OFFLINE=1)" in out and "note: this is a synthetic sample" in out
+    assert len(calls) == 1  # offline: the Hub is not asked
+
+    features = data.conll_features()
+    assert list(features["ner_tags"].feature.names) == [
+        "O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+    for ds in (local, online, offline):
+        assert ds.features == features and ds.column_names == ["id", "tokens", "ner_tags"]
+        assert ds.split == "validation" and ds[0]["id"] == "0"
+        assert [type(v) for v in ds[0].values()] == [str, list, list]
+    assert local.to_dict() == online.to_dict()  # the same sentences give the same rows
+    assert _as_names(local) == [s[3] for s in CONLL_TAGGED] and local[1]["tokens"] == ["Peter", "Blackburn"]
+    assert local[0]["ner_tags"] == [3, 0, 7, 0, 0]  # B-ORG O B-MISC O O in the standard order
+    assert "synthetic sample, not CoNLL-2003" in offline.info.description
+    assert "local source" in local.info.description and "online source" in online.info.description
+
+
+def test_conll_hub_labels_are_mapped_by_name(clean_env, monkeypatch):
+    for shaped in (_conll_hub_split(TNER_ORDER), _conll_hub_split(as_strings=True)):
+        monkeypatch.setattr(data, "load_hub_dataset", lambda *a, shaped=shaped, **k: shaped)
+        ds = data.load_conll("train", quiet=True)
+        assert _as_names(ds) == [s[3] for s in CONLL_TAGGED]
+        assert ds["ner_tags"][1] == [1, 2] and ds.features == data.conll_features()
+
+
+def test_conll_hub_falls_back_to_the_second_copy(clean_env, monkeypatch, capsys):
+    answers = {"eriktks/conll2003": _conll_hub_split(ner_names=None),  # ids without names
+               "lhoestq/conll2003": _conll_hub_split()}
+    calls = []
+
+    def fake_hub(path, split, revision=None):
+        calls.append((path, revision))
+        answer = answers[path]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(data, "load_hub_dataset", fake_hub)
+    ds = data.load_conll("test")
+    out = capsys.readouterr().out
+    assert calls == [("eriktks/conll2003", "refs/convert/parquet"), ("lhoestq/conll2003", None)]
+    assert "online: eriktks/conll2003 failed (DataError:" in out and "no label names" in out
+    assert "from online source: Hugging Face Hub lhoestq/conll2003," in out
+    assert _as_names(ds) == [s[3] for s in CONLL_TAGGED]
+
+    answers["eriktks/conll2003"] = ConnectionError("no route to host")
+    assert len(data.load_conll("test", quiet=True)) == 3
+    answers["lhoestq/conll2003"] = _conll_hub_split([*data.CONLL2003_LABELS, "B-GPE", "I-GPE"])
+    ds = data.load_conll("test")  # both copies fail: the synthetic sample
+    out = capsys.readouterr().out
+    assert "eriktks/conll2003 failed (ConnectionError: no route to host)" in out
+    assert "lhoestq/conll2003 failed (DataError:" in out and "['B-GPE', 'I-GPE'] are not CoNLL-2003's" in out
+    assert "from offline source" in out and len(ds) == data.SYNTHETIC_CONLL_SIZES["test"]
+
+
+def test_conll_nothing_works_names_what_was_tried(clean_env, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match=r"Could not load CoNLL-2003 'test'.*LMCOURSE_DATA_DIR unset.*"
+                                        r"skipped.*Fix: set LMCOURSE_DATA_DIR to a folder with conll2003/test\.txt"):
+        data.load_conll("test", sources=("local", "online"))
+
+
+def test_conll_split_names_and_sources():
+    assert [data.conll_split_name(s) for s in ("train", "valid", "dev", "validation", "test")] == [
+        "train", "validation", "validation", "validation", "test"]
+    with pytest.raises(DataError, match=r"Unknown CoNLL split 'testb'.*'valid' and 'dev' are accepted"):
+        data.load_conll("testb")
+    with pytest.raises(DataError, match="Unknown source"):
+        data.load_conll("train", sources=("hub",))
+
+
+def test_conll_real_files_when_present(monkeypatch, capsys):
+    from lmcourse.config import data_dir_from_env
+
+    folder = data_dir_from_env()
+    if folder is None or not (folder / "conll2003" / "train.txt").is_file():
+        why = "LMCOURSE_DATA_DIR is unset" if folder is None else f"{folder} has no conll2003/train.txt"
+        pytest.skip(f"needs the real CoNLL-2003 files in LMCOURSE_DATA_DIR/conll2003/; {why}")
+    monkeypatch.setattr(data, "load_hub_dataset", lambda *a, **k: pytest.fail("must not download"))
+    train = data.load_conll("train")
+    assert ("14,041 sentences, 203,621 tokens, 23,499 entities "
+            "(PER 6,600 / ORG 6,321 / LOC 7,140 / MISC 3,438)") in capsys.readouterr().out
+    valid, test = data.load_conll("valid", quiet=True), data.load_conll("test", quiet=True)
+    assert (len(train), len(valid), len(test)) == (14_041, 3_250, 3_453)
+    assert train.features == valid.features == test.features == data.conll_features()
+    assert train[0] == {"id": "0", "tokens": ["EU", "rejects", "German", "call", "to", "boycott",
+                                              "British", "lamb", "."],
+                        "ner_tags": [3, 0, 7, 0, 0, 0, 7, 0, 0]}
+    assert test[0]["tokens"][:3] == ["SOCCER", "-", "JAPAN"] and _as_names(test)[0][2] == "B-LOC"
+    assert valid["id"][-1] == "3249"
+    # the same folder given as folder= gets the same labels (CoNLL-2003's types keep their order)
+    again = data.load_conll("test", folder=folder / "conll2003", quiet=True)
+    assert again.features == test.features and again["ner_tags"] == test["ner_tags"]
+
+
+# A custom folder: other entity types, IOB1 tags (entities start with I-; B- only between two
+# adjacent entities of one type), 2 columns in train, 3 in valid (token POS tag).
+BIO_TRAIN = """-DOCSTART- O
+
+Aspirin I-DRUG
+eases I-SYMPTOM
+headache I-SYMPTOM
+. O
+
+Mix I-DRUG
+ibuprofen I-DRUG
+with O
+Aspirin B-DRUG
+caution O
+"""
+BIO_VALID = """Paracetamol NN I-DRUG
+lowers VB O
+fever NN I-SYMPTOM
+"""
+BIO_TEST = """fever I-SYMPTOM
+"""
+
+
+def _bio_folder(tmp_path, train=BIO_TRAIN, valid=BIO_VALID, test=BIO_TEST, valid_name="dev.txt"):
+    folder = tmp_path / "bio"
+    folder.mkdir(exist_ok=True)
+    for name, text in (("train.txt", train), (valid_name, valid), ("test.txt", test)):
+        if text is not None:
+            (folder / name).write_text(text)
+    return folder
+
+
+def test_conll_custom_folder_with_other_types_and_iob1(tmp_path, capsys):
+    folder = _bio_folder(tmp_path)
+    train = data.load_conll("train", folder=folder)
+    out = capsys.readouterr().out
+    assert "tags IOB1 converted to IOB2" in out and "2 sentences, 9 tokens, 4 entities (DRUG 3 / SYMPTOM 1)" in out
+    labels = ["O", "B-DRUG", "I-DRUG", "B-SYMPTOM", "I-SYMPTOM"]  # types in alphabetical order
+    assert train.features == data.conll_features(labels)
+    assert _as_names(train) == [["B-DRUG", "B-SYMPTOM", "I-SYMPTOM", "O"],
+                                ["B-DRUG", "I-DRUG", "O", "B-DRUG", "O"]]
+    valid = data.load_conll("valid", folder=folder, quiet=True)  # dev.txt, 3 columns
+    assert valid[0]["tokens"] == ["Paracetamol", "lowers", "fever"]
+    assert _as_names(valid) == [["B-DRUG", "O", "B-SYMPTOM"]] and valid.features == train.features
+    assert _as_names(data.load_conll("test", folder=folder, quiet=True)) == [["B-SYMPTOM"]]
+    iob1 = data.read_conll(folder / "train.txt")
+    assert iob1.scheme == "IOB1" and iob1.columns == 2 and iob1.lines[1] == [8, 9, 10, 11, 12]
+    assert data.read_conll(folder / "train.txt", scheme="IOB1").tags == iob1.tags
+
+
+def test_conll_iob2_scheme_refuses_iob1_tags(tmp_path):
+    folder = _bio_folder(tmp_path)
+    with pytest.raises(DataError, match=r"train\.txt, line 3: I-DRUG begins an entity \(at the "
+                                        r"sentence's start\).*looks like IOB1"):
+        data.load_conll("train", folder=folder, scheme="IOB2")
+    with pytest.raises(DataError, match=r"dev\.txt, line 1: I-DRUG begins an entity \(at the sentence's start\)"):
+        data.read_conll(folder / "dev.txt", scheme="IOB2")
+    (folder / "dev.txt").write_text(BIO_VALID.replace("NN I-DRUG", "NN B-DRUG"))
+    with pytest.raises(DataError, match=r"dev\.txt, line 3: I-SYMPTOM begins an entity \(after O\)"):
+        data.read_conll(folder / "dev.txt", scheme="IOB2")
+    with pytest.raises(DataError, match="Unknown tag scheme 'BIOES'"):
+        data.read_conll(folder / "dev.txt", scheme="BIOES")
+
+
+@pytest.mark.parametrize("split, files, msg", [
+    ("train", dict(train=BIO_TRAIN.replace("eases I-SYMPTOM", "eases VB I-SYMPTOM")),
+     r"train\.txt, line 4: expected 2 columns \(as on line 3, the first token line\), found 3"),
+    ("train", dict(train="Aspirin\n"), r"train\.txt, line 1: found 1 column"),
+    ("train", dict(train=BIO_TRAIN.replace("I-SYMPTOM", "SYMPTOM", 1)),
+     r"train\.txt, line 4: the NER tag \(last column\) 'SYMPTOM' is not a BIO tag.*B-SYMPTOM or I-SYMPTOM"),
+    ("train", dict(train=BIO_TRAIN.replace("I-SYMPTOM", "B_SYMPTOM", 1)),
+     r"train\.txt, line 4: .*'B_SYMPTOM' is not a BIO tag.*hyphen"),
+    ("test", dict(test="-DOCSTART- O\n\n\n"), r"test\.txt holds no sentences .*an empty split"),
+    ("train", dict(train="\n\n"), r"train\.txt holds no sentences"),
+    ("train", dict(train="Aspirin O\n. O\n"), r"train\.txt tags no entity at all"),
+    ("validation", dict(valid=BIO_VALID.replace("fever NN I-SYMPTOM", "Paris NNP I-LOC")),
+     r"dev\.txt, line 3: label 'B-LOC' \(entity type 'LOC'\) is not in the training file .*train\.txt"),
+    ("test", dict(test="fever O\nin O\nParis I-LOC\n"), r"test\.txt, line 3: label 'B-LOC'"),
+    ("test", dict(test=None), r"No test\.txt in .*bio"),
+    ("validation", dict(valid=None), r"No valid\.txt or dev\.txt in"),
+])
+def test_conll_malformed_folder_names_file_and_line(tmp_path, split, files, msg):
+    texts = dict(train=BIO_TRAIN, valid=BIO_VALID, test=BIO_TEST) | files
+    folder = _bio_folder(tmp_path, **texts)
+    with pytest.raises(DataError, match=msg) as err:
+        data.load_conll(split, folder=folder, quiet=True)
+    assert str(folder) in str(err.value)
+
+
+def test_conll_folder_that_is_missing(tmp_path):
+    with pytest.raises(DataError, match="is not a folder"):
+        data.load_conll("train", folder=tmp_path / "nope")
+    with pytest.raises(DataError, match=r"No CoNLL file at .*nope\.txt"):
+        data.read_conll(tmp_path / "nope.txt")
+
+
+def test_conll_local_file_with_a_label_conll2003_lacks(clean_env, monkeypatch):
+    folder = _conll_folder(clean_env, CONLL.replace("BRUSSELS NNP B-NP B-LOC", "BRUSSELS NNP B-NP B-GPE"))
+    monkeypatch.setenv("LMCOURSE_DATA_DIR", str(folder))
+    with pytest.raises(DataError, match=r"conll2003/train\.txt, line 15: label 'B-GPE' \(entity type "
+                                        r"'GPE'\) is not in CoNLL-2003's labels"):
+        data.load_conll("train")
+    (folder / "conll2003" / "test.txt").write_text(CONLL.replace("B-VP O", "B-VP PER"))
+    with pytest.raises(DataError, match=r"test\.txt, line 4: the NER tag .*'PER' is not a BIO tag"):
+        data.load_conll("test")
+
+
+def test_synthetic_conll_file_is_what_the_generator_writes(tmp_path):
+    written = data.write_synthetic_conll(tmp_path / "again")
+    committed = data.project_data_dir() / data.SYNTHETIC_CONLL_DIR
+    for name in ("train.txt", "valid.txt", "test.txt"):
+        assert (written / name).read_bytes() == (committed / name).read_bytes(), (
+            f"data/{data.SYNTHETIC_CONLL_DIR}/{name} differs from what write_synthetic_conll() "
+            "writes; regenerate it with lm.data.write_synthetic_conll()")
+
+
+def test_synthetic_conll_sample_covers_what_the_lesson_needs():
+    from lmcourse import ner
+
+    splits = data.synthetic_conll()
+    assert {k: len(v) for k, v in splits.items()} == data.SYNTHETIC_CONLL_SIZES
+    texts = [" ".join(tokens) for rows in splits.values() for tokens, _ in rows]
+    assert len(set(texts)) == len(texts)  # no sentence in two splits, none twice
+    for rows in splits.values():
+        found = [e for tokens, tags in rows for e in ner.entities(tokens, tags)]
+        assert {kind for kind, _ in found} == set(data.CONLL2003_TYPES)  # all four types
+        multi = {kind for kind, text in found if " " in text}
+        assert multi == set(data.CONLL2003_TYPES)  # a multi-token entity of every type
+        types_of = {}
+        for kind, text in found:
+            types_of.setdefault(text, set()).add(kind)
+        assert types_of["Washington"] == types_of["Jordan"] == {"PER", "LOC"}  # ambiguous words
+        assert any(not ner.entity_spans(tags) for _, tags in rows)  # sentences without entities
+        assert all(not ner.iob2_errors(tags) for _, tags in rows)
+    found = {text for rows in splits.values() for t, g in rows for _, text in ner.entities(t, g)}
+    assert {"New York Stock Exchange", "Hans-Peter Schmidt"} <= found
+    assert data.synthetic_conll(seed=1) != splits and data.synthetic_conll() == splits
+
+
+def test_synthetic_conll_without_data_folder_is_composed_in_memory(clean_env, monkeypatch, capsys):
+    monkeypatch.setenv("LMCOURSE_OFFLINE", "1")
+    from_file = data.load_conll("train", quiet=True)
+    monkeypatch.setattr(data, "project_data_dir", lambda: clean_env / "no-such-folder")
+    in_memory = data.load_conll("train")
+    assert "composed in memory" in capsys.readouterr().out
+    assert in_memory.to_dict() == from_file.to_dict() and len(in_memory) == 300
+
+
+def test_write_conll_round_trips(tmp_path):
+    rows = [(["Jordan", "beat", "Kenya"], ["B-LOC", "O", "B-LOC"]), (["Hi"], ["O"]), (["X"], ["B-PER"])]
+    path = data.write_conll(tmp_path / "x.txt", rows, document_size=2)
+    assert path.read_text().splitlines()[:3] == ["-DOCSTART- -X- -X- O", "", "Jordan -X- -X- B-LOC"]
+    assert path.read_text().count("-DOCSTART-") == 2
+    back = data.read_conll(path, scheme="IOB2")
+    assert list(zip(back.tokens, back.tags)) == rows and back.columns == 4
+    assert data.read_conll_sentences(path) == [r[0] for r in rows]  # lesson 05b's reader agrees
+    with pytest.raises(DataError, match="holds a space"):
+        data.write_conll(tmp_path / "y.txt", [(["New York"], ["B-LOC"])])
+    with pytest.raises(DataError, match="1 tokens and 2 tags"):
+        data.write_conll(tmp_path / "y.txt", [(["York"], ["B-LOC", "O"])])
+
+
+def test_conll_hub_rows_are_checked(clean_env, monkeypatch):
+    import datasets
+
+    def hub_with(columns, features):
+        ds = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+        monkeypatch.setattr(data, "load_hub_dataset", lambda *a, **k: ds)
+
+    tag = datasets.List(datasets.ClassLabel(names=list(data.CONLL2003_LABELS)))
+    words = datasets.List(datasets.Value("string"))
+    hub_with({"tokens": [["EU", "rejects"], [], ["Peter"]], "ner_tags": [[3, 0], [], [1]]},
+             {"tokens": words, "ner_tags": tag})
+    ids, tokens, tags = data._hub_conll_rows("x/y", None, "train")  # no id column: positions
+    assert (ids, tokens, tags) == (["0", "2"], [["EU", "rejects"], ["Peter"]], [["B-ORG", "O"], ["B-PER"]])
+    hub_with({"tokens": [["EU", "rejects"]], "ner_tags": [[3]]}, {"tokens": words, "ner_tags": tag})
+    with pytest.raises(DataError, match=r"x/y@main split 'train', row 0: 2 tokens but 1 tags"):
+        data._hub_conll_rows("x/y", "main", "train")
+    hub_with({"tokens": [["EU"]], "ner_tags": [["PER"]]},
+             {"tokens": words, "ner_tags": datasets.List(datasets.Value("string"))})
+    with pytest.raises(DataError, match=r"row 0: tag\(s\) \['PER'\] are not CoNLL-2003 labels"):
+        data._hub_conll_rows("x/y", None, "train")
+    hub_with({"tokens": [["EU"]], "labels": [[3]]}, {"tokens": words, "labels": tag})
+    with pytest.raises(DataError, match=r"has no column\(s\) \['ner_tags'\]"):
+        data._hub_conll_rows("x/y", None, "train")
+    hub_with({"tokens": [[]], "ner_tags": [[]]}, {"tokens": words, "ner_tags": tag})
+    with pytest.raises(DataError, match="holds no sentences"):
+        data._hub_conll_rows("x/y", None, "train")
+
+
+def test_read_conll_refuses_text_that_is_not_utf8(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_bytes("Caf\u00e9 B-LOC\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"train\.txt is not UTF-8 text"):
+        data.read_conll(path)
