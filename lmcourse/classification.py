@@ -1,21 +1,25 @@
 """Text classification (lesson 06a, sentiment on SST-2): the confusion matrix and the metrics read
-from it, pooling an encoder's token vectors into one sentence vector, and a bag-of-words logistic
-regression baseline that a fine-tuned encoder has to beat.
+from it, pooling an encoder's token vectors into one sentence vector, a bag-of-words logistic
+regression baseline that a fine-tuned encoder has to beat, and fine-tuning a pretrained encoder:
+sentences to padded batches, a pooled classifier head, metrics for the course Trainer, prediction.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmcourse import config
 from lmcourse.batching import epoch_order
 from lmcourse.config import DEFAULT_SEED
+from lmcourse.data import SST2_LABELS
 from lmcourse.lm_math import IGNORE_INDEX
 
 WEIGHTINGS = ("count", "tf", "binary")  # a token's value in a sentence vector
@@ -283,3 +287,243 @@ def train_bow_classifier(
     preds = model.predict(dev_texts)                             # (N_dev,)
     dev = torch.as_tensor(dev_labels, dtype=torch.long)
     return BowResult(model, (preds == dev).double().mean().item(), seconds, losses)
+
+
+# --------------------------------------------------------------------------- fine-tuning an encoder
+
+LABELS = SST2_LABELS  # ("negative", "positive"): SST-2's class names, id 0 and id 1
+POOLINGS = ("cls", "mean")  # how PooledClassifier turns token vectors into one sentence vector
+Example = dict[str, Any]    # one encoded sentence: input_ids (+ token_type_ids) (+ labels)
+
+
+def label_maps(names: Sequence[str] = LABELS) -> tuple[dict[int, str], dict[str, int]]:
+    """(id2label, label2id) for class names in id order, as a transformers config keeps them:
+    `AutoModelForSequenceClassification.from_pretrained(folder, num_labels=len(names),
+    id2label=id2label, label2id=label2id)`."""
+    names = [str(n) for n in names]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Class names must be distinct, got {names}.")
+    return dict(enumerate(names)), {n: i for i, n in enumerate(names)}
+
+
+def encode_sentences(
+    tokenizer: Any,
+    texts: Sequence[str],
+    labels: Sequence[int] | torch.Tensor | None = None,
+    max_length: int = 128,
+) -> list[Example]:
+    """One example per sentence: input_ids ([CLS] ... [SEP], truncated to max_length tokens),
+    token_type_ids when the tokenizer gives them, and the class id `labels` when given.
+
+    Nothing is padded here: `ClassificationCollator` pads each batch to its longest sentence.
+    """
+    texts = list(texts)
+    if labels is not None:
+        labels = torch.as_tensor(labels, dtype=torch.long).flatten().tolist()
+        if len(labels) != len(texts):
+            raise ValueError(f"{len(texts)} sentences but {len(labels)} labels.")
+    enc = tokenizer(texts, truncation=True, max_length=max_length, return_attention_mask=False)
+    types = enc.get("token_type_ids")
+    examples: list[Example] = []
+    for i, ids in enumerate(enc["input_ids"]):
+        ex: Example = {"input_ids": ids}
+        if types is not None:
+            ex["token_type_ids"] = types[i]
+        if labels is not None:
+            ex["labels"] = labels[i]
+        examples.append(ex)
+    return examples
+
+
+def pad_rows(rows: Sequence[Sequence[int]], value: int, multiple_of: int | None = None) -> torch.Tensor:
+    """Right-pad lists of ids to the longest (rounded up to a multiple of `multiple_of`): (B, T)."""
+    t = max(len(r) for r in rows)
+    if multiple_of:
+        t = (t + multiple_of - 1) // multiple_of * multiple_of
+    out = torch.full((len(rows), t), value, dtype=torch.long)  # (B, T)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.as_tensor(r, dtype=torch.long)
+    return out
+
+
+@dataclass
+class ClassificationCollator:
+    """Pads a list of `encode_sentences` examples into one batch (a Trainer collate_fn).
+
+    The batch holds input_ids and attention_mask (B, T) (1 real token, 0 padding), token_type_ids
+    (B, T) when the examples have them (padded with 0), and labels (B,) when they have labels.
+    T is the batch's longest sentence (dynamic padding), rounded up to a multiple of
+    `pad_to_multiple_of` if set.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any, **kwargs: Any) -> ClassificationCollator:
+        """A collator with the tokenizer's [PAD] id."""
+        if tokenizer.pad_token_id is None:
+            raise ValueError("The tokenizer has no padding token; set tokenizer.pad_token first.")
+        return cls(pad_token_id=tokenizer.pad_token_id, **kwargs)
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if not examples:
+            raise ValueError("ClassificationCollator got an empty list of examples.")
+        ids = [list(map(int, e["input_ids"])) for e in examples]
+        m = self.pad_to_multiple_of
+        batch = {"input_ids": pad_rows(ids, self.pad_token_id, m),              # (B, T)
+                 "attention_mask": pad_rows([[1] * len(r) for r in ids], 0, m)}  # (B, T)
+        for key in ("token_type_ids", "labels"):
+            has = [key in e for e in examples]
+            if any(has) and not all(has):
+                raise ValueError(f"Some examples have {key} and some do not; encode them alike.")
+            if all(has):
+                if key == "labels":
+                    batch["labels"] = torch.tensor([int(e["labels"]) for e in examples])  # (B,)
+                else:
+                    batch[key] = pad_rows([e[key] for e in examples], 0, m)  # (B, T)
+        return batch
+
+
+def _last_hidden(out: Any) -> torch.Tensor:
+    """The token vectors (B, T, D) of an encoder's output: a tensor (the course's Bert),
+    `out.last_hidden_state` (transformers' AutoModel) or the first item."""
+    if isinstance(out, torch.Tensor):
+        return out
+    hidden = getattr(out, "last_hidden_state", None)
+    return hidden if hidden is not None else out[0]
+
+
+class PooledClassifier(nn.Module):
+    """An encoder, a pooling of its token vectors into one sentence vector, dropout, a linear head.
+
+    `encoder` is any transformers encoder (`AutoModel.from_pretrained(folder)`) or the course's
+    `lm.transformer.Bert`: called as encoder(input_ids, attention_mask=..., token_type_ids=...),
+    it returns token vectors (B, T, D). pooling="cls" takes the first ([CLS]) vector, "mean" the
+    mean of the real tokens' vectors. `pooler`, if given, maps the pooled vector (B, D) -> (B, D)
+    before the dropout: BERT's pooler is nn.Sequential(dense, nn.Tanh()) on [CLS], and
+    `transformers.BertForSequenceClassification` is exactly this model with pooling="cls" and that
+    pooler (tests/test_classification.py checks logits, loss and gradients). Returns a
+    `SequenceClassifierOutput` with logits (B, C) and, given labels (B,), the cross-entropy loss
+    averaged over the examples, so the course Trainer trains it unchanged.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_labels: int = 2,
+        pooling: str = "cls",
+        dropout: float = 0.1,
+        pooler: nn.Module | None = None,
+        d_model: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
+        if num_labels < 2:
+            raise ValueError(f"A classifier needs at least 2 classes, got num_labels={num_labels}.")
+        enc_cfg = getattr(encoder, "config", None)  # transformers models keep .config
+        if enc_cfg is None:
+            enc_cfg = getattr(encoder, "cfg", None)    # the course's models keep .cfg
+        d_model = d_model or getattr(enc_cfg, "hidden_size", None) or getattr(enc_cfg, "d_model", None)
+        if d_model is None:
+            raise ValueError("Cannot read the encoder's hidden size: pass d_model=.")
+        self.encoder = encoder
+        self.pooling = pooling
+        self.num_labels = num_labels
+        self.pooler = pooler if pooler is not None else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(d_model, num_labels)
+        # BERT's initialisation of a new head: normal(0, 0.02) weights, zero bias
+        std = getattr(enc_cfg, "initializer_range", 0.02)
+        nn.init.normal_(self.head.weight, 0.0, std, generator=generator)
+        nn.init.zeros_(self.head.bias)
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The sentence vectors (B, D) of token vectors (B, T, D)."""
+        if self.pooling == "cls":
+            return cls_pool(hidden)
+        return masked_mean_pool(hidden, attention_mask)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> Any:
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)  # (B, T)
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        hidden = _last_hidden(self.encoder(input_ids, attention_mask=attention_mask, **extra))  # (B, T, D)
+        pooled = self.pooler(self.pool(hidden, attention_mask))  # (B, D)
+        logits = self.head(self.dropout(pooled))                 # (B, C)
+        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def bert_pooler(bert: nn.Module) -> nn.Sequential:
+    """BERT's pooler as a module on the [CLS] vector (B, D): Sequential(dense, Tanh), sharing the
+    dense layer of `bert.pooler` (a transformers BertModel's)."""
+    return nn.Sequential(bert.pooler.dense, nn.Tanh())
+
+
+def classification_metrics(logits: list[torch.Tensor], batches: list[Mapping[str, Any]]) -> dict[str, float]:
+    """A Trainer metrics_fn: accuracy and macro F1 of the evaluation set, from its confusion matrix.
+
+    `logits` are the (B, C) logits of each batch, `batches` the batches with their labels (B,);
+    the prediction is the arg-max class. Macro F1 is the plain mean of the classes' F1.
+    """
+    if not logits:
+        raise ValueError("No logits: the evaluation set was empty.")
+    if any(x.dim() != 2 for x in logits):
+        raise ValueError("classification_metrics needs (B, C) logits per batch (no preprocess_logits).")
+    preds = torch.cat([x.argmax(-1) for x in logits])                       # (N,)
+    labels = torch.cat([torch.as_tensor(b["labels"]).flatten() for b in batches])  # (N,)
+    report = classification_report(confusion_matrix(preds, labels, logits[0].shape[-1]))
+    return {"accuracy": report.accuracy, "macro_f1": report.macro["f1"]}
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    device: str | torch.device | None = None,
+    batch_size: int = 64,
+    max_length: int = 128,
+) -> torch.Tensor:
+    """Class probabilities (N, C) on the CPU, row i for texts[i], from any model that returns
+    logits (a PooledClassifier, a transformers ...ForSequenceClassification).
+
+    The model runs in eval mode (no dropout) on `device` and is put back in its previous mode.
+    Sentences are batched in order of length, so a batch holds little padding; the rows come
+    back in the order of `texts`.
+    """
+    from lmcourse.train import get_logits
+
+    texts = list(texts)
+    if not texts:
+        raise ValueError("predict got no texts.")
+    device = config.get_device(device)
+    model.to(device)
+    examples = encode_sentences(tokenizer, texts, max_length=max_length)
+    collate = ClassificationCollator.from_tokenizer(tokenizer)
+    order = sorted(range(len(texts)), key=lambda i: len(examples[i]["input_ids"]))
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = []
+        for start in range(0, len(order), batch_size):
+            batch = collate([examples[i] for i in order[start:start + batch_size]])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            chunks.append(get_logits(model(**batch)).float().softmax(-1).cpu())  # (b, C)
+    finally:
+        model.train(was_training)
+    probs = torch.cat(chunks)          # (N, C) in length order
+    out = torch.empty_like(probs)
+    out[torch.tensor(order)] = probs   # back to the order of texts
+    return out

@@ -182,3 +182,231 @@ def test_bow_errors():
         C.train_bow_classifier(["a b", "c"], [0, 1], ["a"], [0, 1])
     bag = C.BagOfWords().fit(["a b"])
     assert C.BowClassifier(bag).predict([]).shape == (0,)
+
+
+# ------------------------------------------------------------------ fine-tuning an encoder
+
+
+@pytest.fixture(scope="module")
+def sst2():
+    return {split: data.load_sst2(split, sources=("offline",), quiet=True)
+            for split in ("train", "validation")}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(sst2, tmp_path_factory):
+    from lmcourse import tokenization as tk
+
+    folder = tmp_path_factory.mktemp("wordpiece")
+    tk.save_for_transformers(tk.train_wordpiece(sst2["train"]["sentence"], vocab_size=300, cased=False),
+                             folder)
+    return tk.load_tokenizer(folder)
+
+
+def tiny_bert_config(tokenizer, **kwargs):
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                      num_attention_heads=4, intermediate_size=37, max_position_embeddings=64,
+                      pad_token_id=tokenizer.pad_token_id, **kwargs)
+
+
+def tiny_encoder(tokenizer, seed=0, **kwargs):
+    from transformers import BertModel
+
+    torch.manual_seed(seed)
+    return BertModel(tiny_bert_config(tokenizer, **kwargs), add_pooling_layer=False)
+
+
+def test_label_maps_feed_a_transformers_config():
+    from transformers import BertConfig
+
+    id2label, label2id = C.label_maps()
+    assert C.LABELS == ("negative", "positive") == data.SST2_LABELS
+    assert id2label == {0: "negative", 1: "positive"} and label2id == {"negative": 0, "positive": 1}
+    cfg = BertConfig(num_labels=2, id2label=id2label, label2id=label2id)
+    assert cfg.id2label == id2label and cfg.label2id == label2id
+    assert C.label_maps(["b", "a", "c"])[1] == {"b": 0, "a": 1, "c": 2}  # id order, not sorted
+    with pytest.raises(ValueError, match="distinct"):
+        C.label_maps(["a", "a"])
+
+
+def test_encode_sentences(tokenizer):
+    texts = ["a good film .", "the plot is " + "very " * 40 + "bad ."]
+    ex = C.encode_sentences(tokenizer, texts, [1, 0], max_length=16)
+    full = tokenizer(texts[0])["input_ids"]
+    assert ex[0]["input_ids"] == full and ex[0]["labels"] == 1 and ex[1]["labels"] == 0
+    assert full[0] == tokenizer.cls_token_id and full[-1] == tokenizer.sep_token_id
+    assert len(ex[1]["input_ids"]) == 16 and ex[1]["input_ids"][-1] == tokenizer.sep_token_id  # truncated
+    assert ex[0]["token_type_ids"] == [0] * len(full) and "attention_mask" not in ex[0]
+    assert "labels" not in C.encode_sentences(tokenizer, texts)[0]
+    assert [e["labels"] for e in C.encode_sentences(tokenizer, texts, torch.tensor([0, 1]))] == [0, 1]
+    with pytest.raises(ValueError, match="2 sentences but 1 labels"):
+        C.encode_sentences(tokenizer, texts, [1])
+
+
+def test_collator_pads_each_batch_to_its_longest_sentence():
+    examples = [{"input_ids": [2, 5, 3], "token_type_ids": [0, 0, 0], "labels": 1},
+                {"input_ids": [2, 6, 7, 8, 3], "token_type_ids": [0, 0, 0, 1, 1], "labels": 0},
+                {"input_ids": [2, 3], "token_type_ids": [0, 0], "labels": 1}]
+    batch = C.ClassificationCollator(pad_token_id=9)(examples)
+    assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
+    assert batch["input_ids"].tolist() == [[2, 5, 3, 9, 9], [2, 6, 7, 8, 3], [2, 3, 9, 9, 9]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    assert batch["token_type_ids"].tolist() == [[0, 0, 0, 0, 0], [0, 0, 0, 1, 1], [0, 0, 0, 0, 0]]
+    assert batch["labels"].tolist() == [1, 0, 1] and batch["labels"].shape == (3,)
+    assert batch["labels"].dtype == batch["input_ids"].dtype == torch.long
+    short = C.ClassificationCollator(9)([examples[2]])  # dynamic: only as long as this batch needs
+    assert short["input_ids"].shape == (1, 2)
+    eight = C.ClassificationCollator(9, pad_to_multiple_of=4)(examples)
+    assert eight["input_ids"].shape == (3, 8) and eight["attention_mask"][:, 5:].sum() == 0
+    bare = C.ClassificationCollator(0)([{"input_ids": [2, 3]}, {"input_ids": [2, 4, 3]}])
+    assert set(bare) == {"input_ids", "attention_mask"}  # no token types, no labels: none made up
+    with pytest.raises(ValueError, match="Some examples have labels"):
+        C.ClassificationCollator(0)([{"input_ids": [2], "labels": 0}, {"input_ids": [2]}])
+    with pytest.raises(ValueError, match="empty"):
+        C.ClassificationCollator(0)([])
+
+
+def test_collator_equals_transformers_padding_collator(tokenizer, sst2):
+    from transformers import DataCollatorWithPadding
+
+    texts, labels = sst2["train"]["sentence"][:12], sst2["train"]["label"][:12]
+    examples = C.encode_sentences(tokenizer, texts, labels, max_length=32)
+    ours = C.ClassificationCollator.from_tokenizer(tokenizer)(examples)
+    hf = DataCollatorWithPadding(tokenizer, return_tensors="pt")([dict(e) for e in examples])
+    assert set(ours) == set(hf)
+    for key in ours:
+        assert torch.equal(ours[key], hf[key]), key
+
+
+def test_pooling_variants_and_padding_invariance(tokenizer):
+    texts = ["a good film .", "the acting is quite wonderful , really .", "boring ."]
+    batch = C.ClassificationCollator.from_tokenizer(tokenizer)(C.encode_sentences(tokenizer, texts))
+    assert (batch["attention_mask"] == 0).any()  # the batch has padding
+    for pooling in ("cls", "mean"):
+        model = C.PooledClassifier(tiny_encoder(tokenizer), 3, pooling=pooling).eval()
+        with torch.no_grad():
+            logits = model(**batch).logits  # (B, C)
+            hidden = model.encoder(**batch).last_hidden_state  # (B, T, D)
+            mask = batch["attention_mask"]
+            if pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                pooled = torch.stack([hidden[b, mask[b].bool()].mean(0) for b in range(len(texts))])
+            torch.testing.assert_close(logits, model.head(pooled))
+            # token_type_ids reach the encoder (a sentence pair's second half has type 1)
+            pair = model(**{**batch, "token_type_ids": batch["attention_mask"]}).logits
+            assert not torch.allclose(pair, logits)
+            for i, text in enumerate(texts):  # padding changes nothing: each sentence alone
+                alone = C.ClassificationCollator.from_tokenizer(tokenizer)(
+                    C.encode_sentences(tokenizer, [text]))
+                torch.testing.assert_close(model(**alone).logits[0], logits[i], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="pooling"):
+        C.PooledClassifier(tiny_encoder(tokenizer), pooling="max")
+
+
+def test_pooled_classifier_works_on_the_course_bert():
+    from lmcourse.transformer import Bert, BertConfig
+
+    torch.manual_seed(0)
+    bert = Bert(BertConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, d_ff=37, max_positions=16))
+    model = C.PooledClassifier(bert, 2, pooling="mean").eval()
+    ids = torch.randint(5, 50, (3, 7))
+    mask = torch.ones_like(ids)
+    out = model(ids, mask, labels=torch.tensor([0, 1, 1]))
+    assert out.logits.shape == (3, 2) and out.loss.ndim == 0
+    torch.testing.assert_close(out.logits, model.head(C.masked_mean_pool(bert(ids, mask), mask)))
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_cls_pooling_with_bert_pooler_is_bert_for_sequence_classification(tokenizer, train_mode):
+    """transformers' BertForSequenceClassification = BertModel, [CLS] through the pooler's
+    dense + tanh, dropout, a linear layer: PooledClassifier(pooling="cls", pooler=bert_pooler(..))
+    with the same weights gives the same logits, loss and gradients (in training mode too: the
+    dropout masks are drawn in the same order)."""
+    from transformers import BertForSequenceClassification, BertModel
+
+    torch.manual_seed(0)
+    ref = BertForSequenceClassification(tiny_bert_config(tokenizer, num_labels=3))
+    encoder = BertModel(ref.config, add_pooling_layer=False)
+    missing, unexpected = encoder.load_state_dict(ref.bert.state_dict(), strict=False)
+    assert not missing and all(k.startswith("pooler.") for k in unexpected)
+    ours = C.PooledClassifier(encoder, 3, pooling="cls", dropout=ref.config.hidden_dropout_prob,
+                              pooler=C.bert_pooler(ref.bert))
+    ours.head.load_state_dict(ref.classifier.state_dict())
+    ref.train(train_mode)
+    ours.train(train_mode)
+    texts = ["a good film .", "the acting is quite wonderful , really .", "boring ."]
+    batch = C.ClassificationCollator.from_tokenizer(tokenizer)(
+        C.encode_sentences(tokenizer, texts, [0, 2, 1]))
+    torch.manual_seed(1)
+    expected = ref(**batch)
+    torch.manual_seed(1)
+    got = ours(**batch)
+    torch.testing.assert_close(got.logits, expected.logits)
+    torch.testing.assert_close(got.loss, expected.loss)
+    got.loss.backward()
+    expected.loss.backward()
+    for name, p in encoder.named_parameters():
+        torch.testing.assert_close(p.grad, ref.bert.get_parameter(name).grad, msg=name)
+    torch.testing.assert_close(ours.head.weight.grad, ref.classifier.weight.grad)
+
+
+def test_classification_metrics_equal_the_report_of_all_predictions():
+    g = torch.Generator().manual_seed(0)
+    sizes = [5, 7, 1, 4]  # uneven batches
+    logits = [torch.randn(n, 3, generator=g) for n in sizes]
+    batches = [{"input_ids": torch.zeros(n, 2, dtype=torch.long),
+                "labels": torch.randint(0, 3, (n,), generator=g)} for n in sizes]
+    preds = torch.cat(logits).argmax(-1)
+    labels = torch.cat([b["labels"] for b in batches])
+    report = C.classification_report(C.confusion_matrix(preds, labels, 3))
+    assert 0.0 < report.macro["f1"] < 1.0 and report.macro["f1"] != pytest.approx(report.accuracy)
+    got = C.classification_metrics(logits, batches)
+    assert got == pytest.approx({"accuracy": report.accuracy, "macro_f1": report.macro["f1"]})
+    with pytest.raises(ValueError, match=r"\(B, C\)"):
+        C.classification_metrics([preds], batches)
+
+
+def test_trainer_fine_tunes_a_pooled_classifier_on_the_synthetic_sample(tokenizer, sst2):
+    from lmcourse.train import TrainConfig, Trainer
+
+    train = C.encode_sentences(tokenizer, sst2["train"]["sentence"], sst2["train"]["label"], 32)
+    dev_texts, dev_labels = sst2["validation"]["sentence"], sst2["validation"]["label"]
+    dev = C.encode_sentences(tokenizer, dev_texts, dev_labels, 32)
+    model = C.PooledClassifier(tiny_encoder(tokenizer), 2, pooling="mean",
+                               generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(max_steps=150, batch_size=16, lr=3e-3, warmup_steps=15, eval_batch_size=32,
+                      progress=False)
+    trainer = Trainer(model, cfg, train, dev, collate_fn=C.ClassificationCollator.from_tokenizer(tokenizer),
+                      metrics_fn=C.classification_metrics, device="cpu")
+    before = trainer.evaluate()
+    trainer.train()
+    after = trainer.evaluate()
+    assert trainer.last_eval_loss_unit == "example"  # sequence labels: eval_loss is per example
+    assert after["eval_loss"] < 0.7 * before["eval_loss"], (before, after)
+    assert after["eval_accuracy"] >= 0.8, after
+    # eval_loss per example: the mean cross-entropy of predict()'s probabilities
+    probs = C.predict(model, tokenizer, dev_texts, device="cpu", max_length=32)
+    labels = torch.tensor(dev_labels)
+    nll = -probs[torch.arange(len(labels)), labels].log().mean().item()
+    assert after["eval_loss"] == pytest.approx(nll, rel=1e-4)
+    report = C.classification_report(C.confusion_matrix(probs.argmax(-1), labels, 2))
+    assert after["eval_accuracy"] == pytest.approx(report.accuracy)
+    assert after["eval_macro_f1"] == pytest.approx(report.macro["f1"])
+
+
+def test_predict_returns_probabilities_in_the_order_of_the_texts(tokenizer):
+    model = C.PooledClassifier(tiny_encoder(tokenizer), 2, pooling="cls", dropout=0.5).train()
+    texts = ["boring .", "the acting is quite wonderful , really .", "a good film .", "awful"]
+    probs = C.predict(model, tokenizer, texts, device="cpu", batch_size=3)
+    assert probs.shape == (4, 2) and model.training  # put back in training mode
+    torch.testing.assert_close(probs.sum(-1), torch.ones(4))
+    model.eval()
+    for i, text in enumerate(texts):  # one at a time, no padding, no dropout
+        one = C.ClassificationCollator.from_tokenizer(tokenizer)(C.encode_sentences(tokenizer, [text]))
+        with torch.no_grad():
+            torch.testing.assert_close(probs[i], model(**one).logits[0].softmax(-1), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no texts"):
+        C.predict(model, tokenizer, [], device="cpu")
