@@ -1491,6 +1491,383 @@ def acc_tensor(logits, labels):
     return (logits.argmax(-1)[keep] == labels[keep]).float().mean()
 
 
+# =========================================================================== lesson 06 (text classification)
+#
+# Held-out wrong answers of lesson 06's exercises, kept together in one block. Those marked fresh
+# were written after the exercises' diagnosers and never used to tune them.
+
+# --------------------------------------------------------------------------- 06 masked mean pooling
+
+
+@wrong("masked_mean_pool", r"shape|line up|unsqueeze|dimension", fresh=True)
+def fresh_pool_mask_not_unsqueezed(hidden, attention_mask):
+    m = attention_mask.to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
+
+
+@wrong("masked_mean_pool", r"mean|average|divide", fresh=True)
+def fresh_pool_max(hidden, attention_mask):
+    real = attention_mask.bool().unsqueeze(-1)
+    out = hidden.masked_fill(~real, NEG_INF).amax(1)
+    return torch.where(real.any(1), out, torch.zeros_like(out))
+
+
+@wrong("masked_mean_pool", r"padding|inverted|is 1 on real", fresh=True)
+def fresh_pool_inverted_mask(hidden, attention_mask):
+    m = (attention_mask == 0).to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+@wrong("masked_mean_pool", r"left|middle|first|slice|wherever", fresh=True)
+def fresh_pool_first_n_tokens(hidden, attention_mask):
+    rows = []
+    for h, n in zip(hidden, attention_mask.long().sum(1).tolist()):
+        rows.append(h[:n].mean(0) if n else torch.zeros_like(h[0]))
+    return torch.stack(rows)
+
+
+@wrong("masked_mean_pool", LIST, fresh=True)
+def fresh_pool_list(hidden, attention_mask):
+    m = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return list((hidden * m).sum(1) / m.sum(1).clamp(min=1))
+
+
+@wrong("masked_mean_pool", IN_PLACE, fresh=True)
+def fresh_pool_in_place(hidden, attention_mask):
+    m = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return hidden.mul_(m).sum(1) / m.sum(1).clamp(min=1)
+
+
+@wrong("masked_mean_pool", r"count|number of real tokens", fresh=True)
+def fresh_pool_count_plus_one(hidden, attention_mask):
+    m = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(1) / (m.sum(1) + 1)
+
+
+@wrong("masked_mean_pool", r"dimension|keepdim|size 1", fresh=True)
+def fresh_pool_keepdim_result(hidden, attention_mask):
+    m = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1)
+
+
+@wrong("masked_mean_pool", NUMPY, fresh=True)
+def fresh_pool_numpy(hidden, attention_mask):
+    h = hidden.numpy()
+    m = attention_mask.numpy().astype(h.dtype)[..., None]
+    return (h * m).sum(1) / np.maximum(m.sum(1), 1)
+
+
+# Not fresh: the dtype check's wording was chosen with this answer in view.
+@wrong("masked_mean_pool", r"dtype")
+def pool_double_mask(hidden, attention_mask):
+    m = attention_mask.double().unsqueeze(-1)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+@right("masked_mean_pool")
+def pool_loop(hidden, attention_mask):
+    out = torch.zeros(hidden.shape[0], hidden.shape[2], dtype=hidden.dtype)
+    for b in range(hidden.shape[0]):
+        real = attention_mask[b].bool()
+        if real.any():
+            out[b] = hidden[b][real].mean(0)
+    return out
+
+
+@right("masked_mean_pool")
+def pool_nan_to_num(hidden, attention_mask):
+    m = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return torch.nan_to_num((hidden * m).sum(1) / m.sum(1), nan=0.0)
+
+
+@right("masked_mean_pool")
+def pool_einsum_eps(hidden, attention_mask):
+    m = attention_mask.to(hidden.dtype)
+    return torch.einsum("btd,bt->bd", hidden, m) / (m.sum(1, keepdim=True) + 1e-9)
+
+
+# --------------------------------------------------------------------------- 06 confusion matrix
+
+
+@wrong("confusion_matrix", r"accumulate|once|count each|bincount", fresh=True)
+def fresh_cm_index_add_no_accumulate(preds, labels, num_classes):
+    keep = labels != IGNORE
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    cm[labels[keep], preds[keep]] += 1
+    return cm
+
+
+@wrong("confusion_matrix", r"-100", fresh=True)
+def fresh_cm_clamped_labels(preds, labels, num_classes):
+    flat = labels.clamp(min=0) * num_classes + preds
+    return torch.bincount(flat, minlength=num_classes ** 2).view(num_classes, num_classes)
+
+
+@wrong("confusion_matrix", LIST, fresh=True)
+def fresh_cm_list_of_lists(preds, labels, num_classes):
+    cm = [[0] * num_classes for _ in range(num_classes)]
+    for p, y in zip(preds.tolist(), labels.tolist()):
+        if y != IGNORE:
+            cm[y][p] += 1
+    return cm
+
+
+@wrong("confusion_matrix", r"transpos|row|true class|-100", fresh=True)
+def fresh_cm_arguments_swapped(preds, labels, num_classes):
+    labels, preds = preds, labels  # reads the arguments as (labels, preds)
+    keep = labels != IGNORE
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for y, p in zip(labels[keep].tolist(), preds[keep].tolist()):
+        cm[y, p] += 1
+    return cm
+
+
+@wrong("confusion_matrix", r"minlength|num_classes|still there", fresh=False)
+def cm_bincount_no_minlength(preds, labels, num_classes):
+    keep = labels != IGNORE
+    return torch.bincount(labels[keep] * num_classes + preds[keep]).view(num_classes, num_classes)
+
+
+@wrong("confusion_matrix", NUMPY, fresh=True)
+def fresh_cm_numpy(preds, labels, num_classes):
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    keep = (labels != IGNORE).numpy()
+    np.add.at(cm, (labels.numpy()[keep], preds.numpy()[keep]), 1)
+    return cm
+
+
+@wrong("confusion_matrix", IN_PLACE, fresh=True)
+def fresh_cm_in_place(preds, labels, num_classes):
+    drop = labels == IGNORE
+    labels[drop] = 0
+    preds[drop] = num_classes  # an extra column, cut off below
+    flat = labels * (num_classes + 1) + preds
+    cm = torch.bincount(flat, minlength=num_classes * (num_classes + 1))
+    return cm.view(num_classes, num_classes + 1)[:, :num_classes]
+
+
+@wrong("confusion_matrix", r"integer|count|whole", fresh=True)
+def fresh_cm_row_normalised(preds, labels, num_classes):
+    cm = _cm_ok(preds, labels, num_classes).double()
+    return cm / cm.sum(1, keepdim=True).clamp(min=1)
+
+
+@wrong("confusion_matrix", r"-100|label", fresh=True)
+def fresh_cm_filters_preds(preds, labels, num_classes):
+    keep = preds != IGNORE
+    flat = labels[keep] * num_classes + preds[keep]
+    return torch.bincount(flat, minlength=num_classes ** 2).view(num_classes, num_classes)
+
+
+def _cm_ok(preds, labels, num_classes):
+    keep = labels != IGNORE
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    cm.index_put_((labels[keep], preds[keep]), torch.ones(int(keep.sum()), dtype=torch.long),
+                  accumulate=True)
+    return cm
+
+
+@right("confusion_matrix")
+def cm_index_put(preds, labels, num_classes):
+    return _cm_ok(preds, labels, num_classes)
+
+
+@right("confusion_matrix")
+def cm_one_hot(preds, labels, num_classes):
+    keep = labels >= 0
+    t = F.one_hot(labels[keep], num_classes)
+    p = F.one_hot(preds[keep], num_classes)
+    return t.T @ p
+
+
+@right("confusion_matrix")
+def cm_loop(preds, labels, num_classes):
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for p, y in zip(preds.tolist(), labels.tolist()):
+        if y != IGNORE:
+            cm[y, p] += 1
+    return cm
+
+
+# --------------------------------------------------------------------------- 06 precision, recall, F1
+
+
+def _prf_counts(cm):
+    cm = cm.double()
+    return cm.diagonal(), cm.sum(0), cm.sum(1)  # TP, predicted, true
+
+
+def _div0(a, b):
+    return torch.where(b > 0, a / b.clamp(min=1e-12), torch.zeros_like(a))
+
+
+@wrong("precision_recall_f1", r"column|predicted", fresh=True)
+def fresh_prf_precision_over_total(cm):
+    tp, _, true = _prf_counts(cm)
+    p, r = _div0(tp, true.sum().expand_as(tp)), _div0(tp, true)
+    return p, r, _div0(2 * p * r, p + r)
+
+
+# Not fresh: the exercise's diagnoser of one number for all classes came after this answer.
+@wrong("precision_recall_f1", r"per class|each class|\(C,\)|one value")
+def prf_macro(cm):
+    tp, pred, true = _prf_counts(cm)
+    p, r = _div0(tp, pred), _div0(tp, true)
+    f = _div0(2 * p * r, p + r)
+    return p.mean(), r.mean(), f.mean()
+
+
+@wrong("precision_recall_f1", r"tuple", fresh=True)
+def fresh_prf_dict(cm):
+    tp, pred, true = _prf_counts(cm)
+    p, r = _div0(tp, pred), _div0(tp, true)
+    return {"precision": p, "recall": r, "f1": _div0(2 * p * r, p + r)}
+
+
+@wrong("precision_recall_f1", r"tuple|stack", fresh=True)
+def fresh_prf_stacked(cm):
+    tp, pred, true = _prf_counts(cm)
+    p, r = _div0(tp, pred), _div0(tp, true)
+    return torch.stack([p, r, _div0(2 * p * r, p + r)])
+
+
+@wrong("precision_recall_f1", r"2PR|harmonic|factor|half", fresh=True)
+def fresh_prf_f1_without_2(cm):
+    tp, pred, true = _prf_counts(cm)
+    p, r = _div0(tp, pred), _div0(tp, true)
+    return p, r, _div0(p * r, p + r)
+
+
+@wrong("precision_recall_f1", r"integer|//|float", fresh=True)
+def fresh_prf_floor_division(cm):
+    tp, pred, true = cm.diagonal(), cm.sum(0), cm.sum(1)
+    p, r = tp // pred.clamp(min=1), tp // true.clamp(min=1)
+    return p, r, (2 * p * r) // (p + r).clamp(min=1)
+
+
+@wrong("precision_recall_f1", r"harmonic|2PR", fresh=True)
+def fresh_prf_geometric_f1(cm):
+    tp, pred, true = _prf_counts(cm)
+    p, r = _div0(tp, pred), _div0(tp, true)
+    return p, r, (p * r).sqrt()
+
+
+# Not fresh: the exercise's diagnoser of 0 / 0 was written after this answer was first missed.
+@wrong("precision_recall_f1", r"0\.0|0 / 0|zero")
+def prf_zero_division_one(cm):
+    tp, pred, true = _prf_counts(cm)
+    p = torch.where(pred > 0, tp / pred.clamp(min=1), torch.ones_like(tp))
+    r = torch.where(true > 0, tp / true.clamp(min=1), torch.ones_like(tp))
+    return p, r, _div0(2 * p * r, p + r)
+
+
+@right("precision_recall_f1")
+def prf_nan_to_num(cm):
+    tp, pred, true = _prf_counts(cm)
+    p, r = torch.nan_to_num(tp / pred), torch.nan_to_num(tp / true)
+    return p, r, torch.nan_to_num(2 * p * r / (p + r))
+
+
+@right("precision_recall_f1")
+def prf_from_counts(cm):
+    cm = cm.float()
+    tp = cm.diagonal()
+    fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
+    p = tp / (tp + fp + 1e-12)
+    r = tp / (tp + fn + 1e-12)
+    return p, r, 2 * tp / (2 * tp + fp + fn + 1e-12)
+
+
+@right("precision_recall_f1")
+def prf_list(cm):
+    tp, pred, true = _prf_counts(cm)
+    p, r = _div0(tp, pred), _div0(tp, true)
+    return [p, r, _div0(2 * p * r, p + r)]
+
+
+# --------------------------------------------------------------------------- 06 most confident mistakes
+
+
+def _mistakes(probs, labels):
+    conf, preds = probs.max(-1)
+    return conf, (preds != labels).nonzero().flatten()
+
+
+@wrong("most_confident_mistakes", r"stable|tie|equal", fresh=True)
+def fresh_mcm_unstable_sort(probs, labels, k):
+    conf, wrong_idx = _mistakes(probs, labels)
+    return wrong_idx[torch.sort(conf[wrong_idx], descending=True).indices][:k]
+
+
+@wrong("most_confident_mistakes", r"integer|indices|index", fresh=True)
+def fresh_mcm_confidences(probs, labels, k):
+    conf, wrong_idx = _mistakes(probs, labels)
+    return torch.sort(conf[wrong_idx], descending=True, stable=True).values[:k]
+
+
+@wrong("most_confident_mistakes", LIST, fresh=True)
+def fresh_mcm_list(probs, labels, k):
+    conf, wrong_idx = _mistakes(probs, labels)
+    return sorted(wrong_idx.tolist(), key=lambda i: -float(conf[i]))[:k]
+
+
+@wrong("most_confident_mistakes", r"bool|true/false", fresh=True)
+def fresh_mcm_mask(probs, labels, k):
+    return probs.argmax(-1) != labels
+
+
+@wrong("most_confident_mistakes", r"arg-?max|right predictions|wrong predictions|mistakes", fresh=True)
+def fresh_mcm_argmin(probs, labels, k):
+    conf, preds = probs.min(-1)
+    wrong_idx = (preds != labels).nonzero().flatten()
+    return wrong_idx[torch.sort(conf[wrong_idx], descending=True, stable=True).indices][:k]
+
+
+@wrong("most_confident_mistakes", r"positions|indices into probs|map them back", fresh=False)
+def mcm_positions_among_mistakes(probs, labels, k):
+    conf, wrong_idx = _mistakes(probs, labels)
+    return torch.sort(conf[wrong_idx], descending=True, stable=True).indices[:k]
+
+
+@wrong("most_confident_mistakes", r"at most k|k =|\[:k\]", fresh=True)
+def fresh_mcm_k_plus_one(probs, labels, k):
+    conf, wrong_idx = _mistakes(probs, labels)
+    return wrong_idx[torch.sort(conf[wrong_idx], descending=True, stable=True).indices][:k + 1]
+
+
+@wrong("most_confident_mistakes", IN_PLACE, fresh=True)
+def fresh_mcm_in_place(probs, labels, k):
+    right_rows = probs.argmax(-1) == labels
+    probs[right_rows] = -1.0  # pushes the right predictions to the end
+    conf = probs.max(-1).values
+    order = torch.sort(conf, descending=True, stable=True).indices
+    return order[:min(k, int((~right_rows).sum()))]
+
+
+@wrong("most_confident_mistakes", r"empty|tensor|none", fresh=True)
+def fresh_mcm_none_without_mistakes(probs, labels, k):
+    conf, wrong_idx = _mistakes(probs, labels)
+    if len(wrong_idx) == 0:
+        return None
+    return wrong_idx[torch.sort(conf[wrong_idx], descending=True, stable=True).indices][:k]
+
+
+@right("most_confident_mistakes")
+def mcm_argsort(probs, labels, k):
+    conf, preds = probs.max(-1)
+    conf = torch.where(preds != labels, conf, torch.full_like(conf, -1.0))
+    order = torch.argsort(conf, descending=True, stable=True)
+    return order[:min(k, int((preds != labels).sum()))]
+
+
+@right("most_confident_mistakes")
+def mcm_python_sorted(probs, labels, k):
+    preds = probs.argmax(-1).tolist()
+    wrong_idx = [i for i, (p, y) in enumerate(zip(preds, labels.tolist())) if p != y]
+    wrong_idx.sort(key=lambda i: -float(probs[i, preds[i]]))
+    return torch.tensor(wrong_idx[:k], dtype=torch.long)
+
+
 # --------------------------------------------------------------------------- a second, fresh set
 #
 # Written after the checker's diagnostics were built, and never used to tune them: the measure of
@@ -1831,6 +2208,276 @@ def fresh_acc_argmax_dim0(logits, labels):
     keep = labels != IGNORE
     n = int(keep.sum())
     return 0.0 if n == 0 else float((logits.argmax(0)[keep] == labels[keep]).sum()) / n
+
+
+# --------------------------------------------------------------------------- 07 NER: first-subword labels
+#
+# Lesson 07's held-out answers (NER fine-tuning): its own block, kept apart from the lessons above.
+
+
+@wrong("ner_align_labels", r"\blist\b|tensor")
+def ner_align_tensor(word_ids, word_labels):
+    out, previous = [], None
+    for w in word_ids:
+        out.append(IGNORE if w is None or w == previous else word_labels[w])
+        previous = w
+    return torch.tensor(out)
+
+
+@wrong("ner_align_labels", r"-100")
+def ner_align_minus_one(word_ids, word_labels):
+    out, previous = [], None
+    for w in word_ids:
+        out.append(-1 if w is None or w == previous else word_labels[w])
+        previous = w
+    return out
+
+
+@wrong("ner_align_labels", r"special|\[CLS\]|one label per token|len\(word_ids\)")
+def ner_align_words_only(word_ids, word_labels):
+    out, previous = [], None
+    for w in word_ids:
+        if w is not None:
+            out.append(IGNORE if w == previous else word_labels[w])
+        previous = w
+    return out
+
+
+@wrong("ner_align_labels", r"first subword|later subword|-100")
+def ner_align_b_to_i_everywhere(word_ids, word_labels):
+    out, previous = [], None
+    for w in word_ids:
+        if w is None:
+            out.append(IGNORE)
+        elif w != previous:
+            out.append(word_labels[w])
+        else:  # every subword labelled, B-X (odd ids) turned into I-X
+            out.append(word_labels[w] + 1 if word_labels[w] % 2 else word_labels[w])
+        previous = w
+    return out
+
+
+@wrong("ner_align_labels", PARTLY)
+def ner_align_unsplit_only(word_ids, word_labels):
+    words = [w for w in word_ids if w is not None]
+    if len(set(words)) != len(words):
+        raise NotImplementedError("split words")
+    return [IGNORE if w is None else word_labels[w] for w in word_ids]
+
+
+@wrong("ner_align_labels", r"one label per token|len\(word_ids\)|truncat|words with no token")
+def ner_align_one_per_word(word_ids, word_labels):
+    labels = [IGNORE] * len(word_ids)
+    positions = [i for i, w in enumerate(word_ids) if w is not None and w != word_ids[i - 1]]
+    for i, wl in zip(positions, word_labels):
+        labels[i] = wl
+    extra = len(word_labels) - len(positions)  # words cut off: pad the result with their labels
+    return labels + list(word_labels[len(word_labels) - extra:]) if extra > 0 else labels
+
+
+@wrong("ner_align_labels", r"first subword|later subword|word id")
+def ner_align_word_index_off_by_one(word_ids, word_labels):
+    out, previous = [], None
+    for w in word_ids:
+        out.append(IGNORE if w is None or w == previous else word_labels[max(w - 1, 0)])
+        previous = w
+    return out
+
+
+@wrong("ner_align_labels", r"word id|word_labels\[|first subword|one label per token")
+def ner_align_label_by_position(word_ids, word_labels):
+    out, previous = [], None
+    for i, w in enumerate(word_ids):
+        out.append(IGNORE if w is None or w == previous else word_labels[min(i, len(word_labels) - 1)])
+        previous = w
+    return out
+
+
+@right("ner_align_labels")
+def ner_align_from_next_token(word_ids, word_labels):
+    return [IGNORE if w is None or (i and word_ids[i - 1] == w) else int(word_labels[w])
+            for i, w in enumerate(word_ids)]
+
+
+# --------------------------------------------------------------------------- 07 NER: tags to spans
+
+
+@wrong("ner_bio_to_spans", r"exclusive|slice|end")
+def ner_spans_end_plus_one(tags):
+    out = []
+    for kind, start, end in _ner_spans(tags):
+        out.append((kind, start, end + 1))
+    return out
+
+
+def _ner_spans(tags):
+    spans, kind, start = [], None, 0
+    for i, tag in enumerate(tags):
+        prefix, tag_kind = (tag, None) if tag == "O" else (tag[0], tag[2:])
+        if kind is not None and not (prefix == "I" and tag_kind == kind):
+            spans.append((kind, start, i))
+            kind = None
+        if prefix != "O" and kind is None:
+            kind, start = tag_kind, i
+    if kind is not None:
+        spans.append((kind, start, len(tags)))
+    return spans
+
+
+@wrong("ner_bio_to_spans", r"type|\('PER'|ner\b|entity is \(type")
+def ner_spans_full_tag_as_type(tags):
+    return [(tags[s], s, e) for _, s, e in _ner_spans(tags)]
+
+
+@wrong("ner_bio_to_spans", r"order|start|sorted")
+def ner_spans_reversed(tags):
+    return list(reversed(_ner_spans(tags)))
+
+
+@wrong("ner_bio_to_spans", r"I- after O|I-X|starts one|start an entity|first tag")
+def ner_spans_i_at_start_dropped(tags):
+    spans = _ner_spans(tags)
+    return [s for s in spans if not tags[s[1]].startswith("I-") or s[1] > 0 and tags[s[1] - 1] != "O"]
+
+
+@wrong("ner_bio_to_spans", r"(type, start, end)|tuple|exclusive|entity")
+def ner_spans_tokens_lists(tags):
+    return [[i for i in range(s, e)] for _, s, e in _ner_spans(tags)]
+
+
+@wrong("ner_bio_to_spans", r"\bNone\b|no entity|empty|only O")
+def ner_spans_none_for_empty(tags):
+    spans = _ner_spans(tags)
+    return spans if spans else None
+
+
+@wrong("ner_bio_to_spans", r"\(type, start, end\)|type|returned .*expected 'PER'")
+def ner_spans_type_last(tags):
+    return [(s, e, k) for k, s, e in _ner_spans(tags)]
+
+
+@right("ner_bio_to_spans")
+def ner_spans_seqeval(tags):
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    return [(k, s, e + 1) for k, s, e in get_entities(list(tags))]
+
+
+# --------------------------------------------------------------------------- 07 NER: entity-level F1
+
+
+def _prf_ok(gold, pred):
+    right = len(gold & pred)
+    p = right / len(pred) if pred else 0.0
+    r = right / len(gold) if gold else 0.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
+@wrong("ner_span_f1", r"(?<![-\d])100\b|percent|fraction|factor|times")
+def ner_f1_percent(gold, pred):
+    return tuple(100 * x for x in _prf_ok(gold, pred))
+
+
+@wrong("ner_span_f1", r"0\.0|zero|x / 0|no prediction|nothing")
+def ner_f1_empty_is_perfect(gold, pred):
+    if not gold or not pred:
+        return 1.0, 1.0, 1.0
+    return _prf_ok(gold, pred)
+
+
+@wrong("ner_span_f1", r"tuple|item|3 items|precision, recall|f1")
+def ner_f1_only(gold, pred):
+    return _prf_ok(gold, pred)[2]
+
+
+@wrong("ner_span_f1", r"harmonic|2PR|F1")
+def ner_f1_product(gold, pred):
+    p, r, _ = _prf_ok(gold, pred)
+    return p, r, p * r
+
+
+@wrong("ner_span_f1", r"union|predicted|gold|precision|recall|right / ")
+def ner_f1_over_union(gold, pred):
+    right, union = len(gold & pred), len(gold | pred)
+    p = r = right / union if union else 0.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
+@wrong("ner_span_f1", r"partial credit|boundar|start and end|overlap|all match")
+def ner_f1_overlap_counts(gold, pred):
+    def hit(x, ys):
+        return any(x[0] == y[0] and x[1] == y[1] and x[2] < y[3] and y[2] < x[3] for y in ys)
+
+    p = sum(hit(x, gold) for x in pred) / len(pred) if pred else 0.0
+    r = sum(hit(x, pred) for x in gold) / len(gold) if gold else 0.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
+@wrong("ner_span_f1", r"integer|//|round|whole|division")
+def ner_f1_integer_division(gold, pred):
+    right = len(gold & pred)
+    p = right // len(pred) if pred else 0
+    r = right // len(gold) if gold else 0
+    return p, r, (2 * p * r // (p + r) if p + r else 0)
+
+
+@right("ner_span_f1")
+def ner_f1_counts(gold, pred):
+    tp = len(set(gold) & set(pred))
+    fp, fn = len(pred) - tp, len(gold) - tp
+    if tp == 0:
+        return 0.0, 0.0, 0.0
+    return tp / (tp + fp), tp / (tp + fn), 2 * tp / (2 * tp + fp + fn)
+
+
+# --------------------------------------------------------------------------- 07 NER: LoRA forward
+
+
+def _lora_ok(x, weight, bias, lora_A, lora_B, alpha):
+    return F.linear(x, weight, bias) + (alpha / lora_A.shape[0]) * (x @ lora_A.T @ lora_B.T)
+
+
+@wrong("ner_lora_forward", r"alpha / r|scale|factor|times|r = lora_A")
+def ner_lora_r_from_d_out(x, weight, bias, lora_A, lora_B, alpha):
+    return F.linear(x, weight, bias) + (alpha / lora_B.shape[0]) * (x @ lora_A.T @ lora_B.T)
+
+
+@wrong("ner_lora_forward", r"alpha / r|scale|factor|times")
+def ner_lora_sqrt_r(x, weight, bias, lora_A, lora_B, alpha):
+    return F.linear(x, weight, bias) + (alpha / math.sqrt(lora_A.shape[0])) * (x @ lora_A.T @ lora_B.T)
+
+
+@wrong("ner_lora_forward", IN_PLACE)
+def ner_lora_merged_in_place(x, weight, bias, lora_A, lora_B, alpha):
+    weight += (alpha / lora_A.shape[0]) * lora_B @ lora_A
+    return F.linear(x, weight, bias)
+
+
+@wrong("ner_lora_forward", r"bias|None|\+ b")
+def ner_lora_bias_twice(x, weight, bias, lora_A, lora_B, alpha):
+    out = _lora_ok(x, weight, bias, lora_A, lora_B, alpha)
+    return out + bias if bias is not None else out
+
+
+@wrong("ner_lora_forward", r"shape|transpos|A \(r, d_in\)|dimension|last dim")
+def ner_lora_2d_only(x, weight, bias, lora_A, lora_B, alpha):
+    flat = x.reshape(-1, x.shape[-1]) if x.dim() == 2 else x[0]
+    return _lora_ok(flat, weight, bias, lora_A, lora_B, alpha)
+
+
+@wrong("ner_lora_forward", NUMPY)
+def ner_lora_numpy(x, weight, bias, lora_A, lora_B, alpha):
+    return _lora_ok(x, weight, bias, lora_A, lora_B, alpha).numpy()
+
+
+@wrong("ner_lora_forward", r"B = 0|frozen|x Wᵀ \+ b|update|scale")
+def ner_lora_minus_update(x, weight, bias, lora_A, lora_B, alpha):
+    return F.linear(x, weight, bias) - (alpha / lora_A.shape[0]) * (x @ lora_A.T @ lora_B.T)
+
+
+@right("ner_lora_forward")
+def ner_lora_merged_weight(x, weight, bias, lora_A, lora_B, alpha):
+    return F.linear(x, weight + (alpha / lora_A.shape[0]) * lora_B @ lora_A, bias)
 
 
 # --------------------------------------------------------------------------- running

@@ -3,6 +3,7 @@ trained in the same run: dev accuracy, macro F1, training time, examples seen, p
 
     LMCOURSE_DATA_DIR=../shared/data python benchmarks/classification.py [--threads 2]
         [--max-minutes 10] [--pooling mean|cls|pooler] [--lr 1e-4] [--quick-check]
+        [--curve-sizes 100,1000,10000 --curve-seeds 3,3,1]
 
 The encoder is all-MiniLM-L6-v2 (`lm.data.packaged_bert_dir()`): BERT architecture, 6 layers, hidden
 size 384, uncased, distilled from a larger model and fine-tuned for sentence embeddings, with no
@@ -31,6 +32,12 @@ chosen by benchmarks/bow_baseline.py on a slice of train) trains on the same row
 from $LMCOURSE_DATA_DIR/sst2 or the Hub, never the synthetic sample, except with --quick-check: a
 smoke test of this script on the project's synthetic sample (not SST-2) that runs in seconds and
 whose numbers mean nothing.
+
+Learning curve (after the figures above, same process; `--curve-sizes ''` skips it): the
+pretrained encoder and the same architecture with random weights, each fine-tuned on n labelled
+sentences drawn from the training rows (`lm.classification.learning_curve`: seed s draws the
+sentences, the head and the dropout), early stopping on a slice of the held-out rows, dev scored
+once per run; mean, standard deviation, min and max over the seeds at each n.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lmcourse import classification as C  # noqa: E402
-from lmcourse import config, data, mlm  # noqa: E402
+from lmcourse import config, data  # noqa: E402
 from lmcourse.train import TrainConfig, Trainer  # noqa: E402
 
 REAL = ("local", "online")  # never the synthetic sample
@@ -77,34 +84,7 @@ def build_model(folder: Path, pooling: str, dropout: float, seed: int) -> torch.
                               generator=torch.Generator().manual_seed(seed))
 
 
-class CountingBatches:
-    """A Trainer train_data factory (epoch -> batches), batches grouped by length; counts the
-    examples it has handed out."""
-
-    def __init__(self, examples: list[C.Example], collate: C.ClassificationCollator, batch_size: int,
-                 seed: int) -> None:
-        self.examples, self.collate, self.batch_size, self.seed = examples, collate, batch_size, seed
-        self.lengths = [len(e["input_ids"]) for e in examples]
-        self.seen = 0
-
-    def steps_per_epoch(self) -> int:
-        return -(-len(self.examples) // self.batch_size)
-
-    def index_batches(self, epoch: int) -> list[list[int]]:
-        """The example indices of each batch of `epoch`, in training order."""
-        return mlm.length_grouped_batches(self.lengths, self.batch_size, self.seed, epoch)
-
-    def padded_size(self, idx: list[int]) -> int:
-        """Token positions of a batch once padded: B x its longest sentence."""
-        return len(idx) * max(self.lengths[i] for i in idx)
-
-    def __call__(self, epoch: int):
-        for idx in self.index_batches(epoch):
-            self.seen += len(idx)
-            yield self.collate([self.examples[i] for i in idx])
-
-
-def probe_seconds_per_step(model: torch.nn.Module, cfg: TrainConfig, batches: CountingBatches,
+def probe_seconds_per_step(model: torch.nn.Module, cfg: TrainConfig, batches: C.LengthGroupedBatches,
                            warm: int, timed: int, device: str) -> tuple[float, float, float]:
     """Seconds per optimizer step, measured on a throwaway copy of `model`.
 
@@ -151,6 +131,16 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast on the CPU")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
+    parser.add_argument("--curve-sizes", default="100,1000,10000",
+                        help="labelled sentences of each learning-curve point ('' for no curve)")
+    parser.add_argument("--curve-seeds", default="3,3,1", help="runs (seeds 1, 2, ...) at each size")
+    parser.add_argument("--curve-epochs", type=float, default=2.0)
+    parser.add_argument("--curve-min-steps", type=int, default=60)
+    parser.add_argument("--curve-max-steps", type=int, default=700)
+    parser.add_argument("--curve-random-lr", type=float, default=5e-4,
+                        help="learning rate of the random-init encoder (a new network needs larger steps)")
+    parser.add_argument("--curve-select", type=int, default=500,
+                        help="rows of the held-out slice used for early stopping in the curve runs")
     parser.add_argument("--quick-check", action="store_true",
                         help="smoke-test the script on the synthetic sample in seconds")
     args = parser.parse_args()
@@ -181,7 +171,7 @@ def main() -> None:
     encode_seconds = time.perf_counter() - t0
     collate = C.ClassificationCollator.from_tokenizer(tokenizer)
     model = build_model(folder, args.pooling, args.dropout, args.seed)
-    batches = CountingBatches(enc["train"], collate, args.batch_size, args.seed)
+    batches = C.LengthGroupedBatches(enc["train"], collate, args.batch_size, args.seed)
     n_train_tokens = sum(batches.lengths)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {args.device}, "
@@ -242,7 +232,7 @@ def main() -> None:
     eval_seconds = time.perf_counter() - t2
     probs = C.predict(model, tokenizer, dev["sentence"], device=args.device, batch_size=128,
                       max_length=args.max_length)
-    dev_labels = torch.tensor(dev["label"])
+    dev_labels = torch.tensor(dev["label"][:])
     report = C.classification_report(C.confusion_matrix(probs.argmax(-1), dev_labels, 2), C.LABELS)
     if abs(report.accuracy - dev_metrics["eval_accuracy"]) > 1.5 / len(dev):
         print(f"warning: predict() gives dev accuracy {report.accuracy:.4f}, the Trainer "
@@ -271,9 +261,47 @@ def main() -> None:
     print(f"peak RSS: {rss_trained:.0f} MiB after fine-tuning, {peak_rss_mib():.0f} MiB at the end "
           "(the whole process)")
     met = acc >= GOAL_ACCURACY and points >= GOAL_POINTS
+    if args.curve_sizes:
+        learning_curve(args, folder, tokenizer, rest, held, dev)
     print(f"goal (dev accuracy >= {GOAL_ACCURACY}, >= {GOAL_POINTS:.0f} points above bag-of-words): "
           + ("met" if met else "NOT met") + (" [quick check: synthetic sample, numbers mean nothing]"
                                              if args.quick_check else ""))
+
+
+def learning_curve(args: argparse.Namespace, folder: Path, tokenizer, rest, held, dev) -> None:
+    """Dev accuracy against labelled sentences: the pretrained encoder and the same architecture
+    with random weights (what pretraining buys at equal size), several seeds at the small end."""
+    from transformers import AutoConfig, AutoModel
+
+    sizes = [int(x) for x in args.curve_sizes.split(",")]
+    runs = [int(x) for x in args.curve_seeds.split(",")]
+    if len(runs) != len(sizes):
+        sys.exit("--curve-seeds needs one count per --curve-sizes entry.")
+    if args.quick_check:
+        sizes, runs = [min(s, 40) for s in sizes[:2]], [min(r, 2) for r in runs[:2]]
+    seeds = {n: list(range(1, r + 1)) for n, r in zip(sizes, runs)}
+    arch = AutoConfig.from_pretrained(str(folder))
+    specs = [C.EncoderSpec("all-MiniLM-L6-v2 (pretrained)",
+                           lambda: (AutoModel.from_pretrained(str(folder), add_pooling_layer=False), tokenizer),
+                           lr=args.lr),
+             C.EncoderSpec("same architecture, random init",
+                           lambda: (AutoModel.from_config(arch, add_pooling_layer=False), tokenizer),
+                           lr=args.curve_random_lr)]
+    n_select = min(args.curve_select, len(held))
+    t0 = time.perf_counter()
+    records = C.learning_curve(
+        specs, rest["sentence"][:], rest["label"][:], dev["sentence"][:], dev["label"][:], sizes, seeds,
+        select_texts=held["sentence"][:n_select], select_labels=held["label"][:n_select],
+        epochs=args.curve_epochs, min_steps=args.curve_min_steps, max_steps=args.curve_max_steps,
+        batch_size=16, max_length=args.max_length, n_evals=3, device=args.device, progress=False)
+    print(f"\nlearning curve ({time.perf_counter() - t0:.0f} s; batch 16, {args.curve_epochs} epochs, "
+          f"at least {args.curve_min_steps} and at most {args.curve_max_steps} steps, early stopping on "
+          f"{n_select} held-out rows, lr {args.lr} pretrained / {args.curve_random_lr} random init):")
+    print(f"{'encoder':>32} {'n':>7} {'dev accuracy':>13} {'std':>7} {'min':>7} {'max':>7} {'runs':>5}")
+    for r in C.summarize_curve(records):
+        print(f"{r['encoder']:>32} {r['n']:>7,} {r['mean']:>13.4f} {r['std']:>7.4f} {r['min']:>7.4f} "
+              f"{r['max']:>7.4f} {r['runs']:>5}")
+    print(f"peak RSS at the end: {peak_rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ sentences to padded batches, a pooled classifier head, metrics for the course Tr
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -73,6 +74,17 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / den.clamp(min=1e-12), torch.zeros_like(num))
 
 
+def precision_recall_f1(cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-class precision, recall and F1 (C,) each (float64) of a confusion matrix (rows true,
+    columns predicted): precision = TP / column sum, recall = TP / row sum, F1 = 2PR / (P + R),
+    0.0 wherever a denominator is 0."""
+    cm = torch.as_tensor(cm).double()                   # (C, C)
+    tp = cm.diagonal()                                  # (C,)
+    support, predicted = cm.sum(dim=1), cm.sum(dim=0)   # (C,) true counts, (C,) predicted counts
+    precision, recall = _ratio(tp, predicted), _ratio(tp, support)
+    return precision, recall, _ratio(2 * precision * recall, precision + recall)
+
+
 def classification_report(cm: torch.Tensor, names: Sequence[str] | None = None) -> ClassificationReport:
     """The metrics of a confusion matrix (rows true, columns predicted).
 
@@ -92,9 +104,8 @@ def classification_report(cm: torch.Tensor, names: Sequence[str] | None = None) 
     if len(names) != n:
         raise ValueError(f"{len(names)} names for {n} classes.")
     tp = cm.diagonal()                                  # (C,)
-    support, predicted = cm.sum(dim=1), cm.sum(dim=0)   # (C,) true counts, (C,) predicted counts
-    precision, recall = _ratio(tp, predicted), _ratio(tp, support)
-    f1 = _ratio(2 * precision * recall, precision + recall)
+    support = cm.sum(dim=1)                             # (C,) true examples of each class
+    precision, recall, f1 = precision_recall_f1(cm)     # (C,) each
     weights = support / total                           # (C,)
     return ClassificationReport(
         names=names,
@@ -527,3 +538,325 @@ def predict(
     out = torch.empty_like(probs)
     out[torch.tensor(order)] = probs   # back to the order of texts
     return out
+
+
+def most_confident_mistakes(probs: torch.Tensor, labels: torch.Tensor, k: int = 10) -> torch.Tensor:
+    """Indices (at most k,) of the wrongly predicted examples, most confident first.
+
+    probs (N, C) are class probabilities, labels (N,) the true classes. The prediction is the
+    arg-max class and its confidence that probability; equal confidences keep the lower index
+    first. Fewer than k indices come back when there are fewer mistakes.
+    """
+    probs, labels = torch.as_tensor(probs), torch.as_tensor(labels).flatten()
+    if probs.dim() != 2 or probs.shape[0] != labels.numel():
+        raise ValueError(f"probs must be (N, C) and labels (N,); got {tuple(probs.shape)} and "
+                         f"{tuple(labels.shape)}.")
+    if k < 0:
+        raise ValueError(f"k must be at least 0, got {k}.")
+    confidence, preds = probs.max(dim=-1)                          # (N,), (N,)
+    wrong = (preds != labels).nonzero().flatten()                  # (M,) in index order
+    order = torch.sort(confidence[wrong], descending=True, stable=True).indices  # (M,)
+    return wrong[order][:k]
+
+
+# --------------------------------------------------------------------------- fine-tuning runs
+
+
+class LengthGroupedBatches:
+    """A Trainer `train_data` factory (epoch -> padded batches) over encoded examples, batches
+    grouped by length (`lm.mlm.length_grouped_batches`) so little of each batch is padding.
+    `seen` counts the examples handed out so far."""
+
+    def __init__(self, examples: Sequence[Example], collate: ClassificationCollator, batch_size: int,
+                 seed: int = DEFAULT_SEED) -> None:
+        if not examples:
+            raise ValueError("No training examples.")
+        self.examples, self.collate, self.batch_size, self.seed = list(examples), collate, batch_size, seed
+        self.lengths = [len(e["input_ids"]) for e in self.examples]
+        self.seen = 0
+
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.examples) // self.batch_size)
+
+    def index_batches(self, epoch: int) -> list[list[int]]:
+        """The example indices of each batch of `epoch`, in training order."""
+        from lmcourse.mlm import length_grouped_batches
+
+        return length_grouped_batches(self.lengths, self.batch_size, self.seed, epoch)
+
+    def padded_size(self, idx: Sequence[int]) -> int:
+        """Token positions of a batch once padded: B x its longest sentence."""
+        return len(idx) * max(self.lengths[i] for i in idx)
+
+    def __call__(self, epoch: int) -> Any:
+        for idx in self.index_batches(epoch):
+            self.seen += len(idx)
+            yield self.collate([self.examples[i] for i in idx])
+
+
+@dataclass
+class FineTuneResult:
+    """What `fine_tune` returns: the trained model (the best selection evaluation's weights when
+    early stopping is on), its training history and its scores."""
+
+    model: nn.Module
+    history: Any                    # lm.train.History
+    dev: dict[str, float]           # eval_loss (per example), eval_accuracy, eval_macro_f1 on dev
+    steps: int                      # optimizer steps taken
+    planned_steps: int              # steps the schedule was planned for
+    best_step: int | None           # the step whose weights were kept (early stopping), else None
+    seconds: float                  # training and evaluations on the selection split
+    train_accuracy: float | None = None  # accuracy on the training examples at the end (if asked)
+
+
+def plan_steps(n_examples: int, batch_size: int, epochs: float, min_steps: int = 1,
+               max_steps: int | None = None) -> int:
+    """Optimizer steps for `epochs` passes over n_examples (at least min_steps, at most max_steps):
+    few labelled examples need several passes, many need less than one."""
+    steps = max(min_steps, math.ceil(epochs * math.ceil(n_examples / batch_size)))
+    return min(steps, max_steps) if max_steps else steps
+
+
+def fine_tune(
+    model: nn.Module,
+    tokenizer: Any,
+    train_texts: Sequence[str],
+    train_labels: Sequence[int] | torch.Tensor,
+    dev_texts: Sequence[str],
+    dev_labels: Sequence[int] | torch.Tensor,
+    select_texts: Sequence[str] | None = None,
+    select_labels: Sequence[int] | torch.Tensor | None = None,
+    *,
+    epochs: float = 3.0,
+    min_steps: int = 1,
+    max_steps: int | None = None,
+    batch_size: int = 16,
+    lr: float = 1e-4,
+    weight_decay: float = 0.01,
+    warmup: float = 0.1,
+    max_length: int = 64,
+    n_evals: int = 0,
+    patience: int = 3,
+    early_stopping: bool = True,
+    train_accuracy: bool = False,
+    seed: int = DEFAULT_SEED,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> FineTuneResult:
+    """Fine-tune a classifier (a PooledClassifier or a transformers ...ForSequenceClassification)
+    on sentences with the course Trainer, then score it once on dev.
+
+    The run lasts `plan_steps(len(train), batch_size, epochs, min_steps, max_steps)` steps of
+    AdamW with `warmup` (a share of the steps) linear warmup then linear decay. With `n_evals` > 0
+    and a selection split (`select_texts`, a slice of train kept out of training), the model is
+    evaluated n_evals times on it (the history's eval records); with `early_stopping`, the run
+    stops after `patience` evaluations without a better accuracy and keeps the best evaluation's
+    weights (without it, the run goes to the end and keeps the last weights). Dev is never used
+    to choose anything.
+    Dropout masks come from torch's global generator: seed it before calling for a repeatable run.
+    """
+    from lmcourse.train import TrainConfig, Trainer
+
+    t0 = time.perf_counter()
+    collate = ClassificationCollator.from_tokenizer(tokenizer)
+    train = encode_sentences(tokenizer, train_texts, train_labels, max_length)
+    dev = encode_sentences(tokenizer, dev_texts, dev_labels, max_length)
+    select = (encode_sentences(tokenizer, select_texts, select_labels, max_length)
+              if select_texts is not None and n_evals > 0 else None)
+    batches = LengthGroupedBatches(train, collate, batch_size, seed)
+    steps = plan_steps(len(train), batch_size, epochs, min_steps, max_steps)
+    stop: dict[str, Any] = {}
+    if select is not None:
+        stop["eval_every"] = math.ceil(steps / n_evals)  # the last evaluation is at the end
+        if early_stopping:
+            stop.update(early_stopping_metric="eval_accuracy", early_stopping_mode="max",
+                        early_stopping_patience=patience, restore_best=True)
+    cfg = TrainConfig(max_steps=steps, batch_size=batch_size, eval_batch_size=128, lr=lr,
+                      weight_decay=weight_decay, warmup_steps=round(warmup * steps),
+                      schedule="linear", progress=progress, seed=seed, **stop)
+    trainer = Trainer(model, cfg, batches, select, collate_fn=collate,
+                      metrics_fn=classification_metrics, device=device)
+    history = trainer.train()
+    seconds = time.perf_counter() - t0
+    dev_scores = trainer.evaluate(dev)
+    train_acc = trainer.evaluate(train)["eval_accuracy"] if train_accuracy else None
+    best = trainer.state.best_step if select is not None and early_stopping else None
+    return FineTuneResult(model, history, dev_scores, trainer.state.step, steps, best, seconds,
+                          train_acc)
+
+
+def subsample(n_total: int, n: int | None, seed: int) -> list[int]:
+    """n distinct indices of range(n_total) drawn with `seed` (all of them, in order, for None
+    or n >= n_total): the labelled examples of one point of a learning curve."""
+    if n is None or n >= n_total:
+        return list(range(n_total))
+    return sorted(torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].tolist())
+
+
+@dataclass
+class EncoderSpec:
+    """One encoder of a learning curve: `build()` returns (encoder, tokenizer), freshly made or
+    loaded each call (seed torch before calling it), and the learning rate it is fine-tuned with."""
+
+    name: str
+    build: Any        # Callable[[], tuple[nn.Module, tokenizer]]
+    lr: float = 1e-4
+
+
+def learning_curve(
+    encoders: Sequence[EncoderSpec],
+    train_texts: Sequence[str],
+    train_labels: Sequence[int],
+    dev_texts: Sequence[str],
+    dev_labels: Sequence[int],
+    sizes: Sequence[int | None],
+    seeds: Sequence[int] | Mapping[int | None, Sequence[int]],
+    pooling: str = "mean",
+    progress: bool = True,
+    **fine_tune_kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Dev accuracy of each encoder fine-tuned on n labelled sentences, for each n in `sizes`
+    (None: all) and each seed (a seed draws the subset, the head and the dropout masks).
+
+    `seeds` is one list for every size or a {size: seeds} map (several seeds where runs are cheap
+    and noisy, at the small end). Returns one record per run: encoder, n, seed, accuracy,
+    macro_f1, steps, seconds. `fine_tune_kwargs` go to `fine_tune` (epochs, max_steps, ...).
+    """
+    from tqdm.auto import tqdm
+
+    from lmcourse.config import seed_everything
+
+    plan = [(spec, n, s) for n in sizes for spec in encoders
+            for s in (seeds[n] if isinstance(seeds, Mapping) else seeds)]
+    records = []
+    for spec, n, s in tqdm(plan, desc="learning curve", disable=not progress):
+        idx = subsample(len(train_texts), n, s)
+        seed_everything(s)
+        encoder, tokenizer = spec.build()
+        model = PooledClassifier(encoder, 2, pooling=pooling, generator=torch.Generator().manual_seed(s))
+        seed_everything(s)
+        res = fine_tune(model, tokenizer, [train_texts[i] for i in idx], [train_labels[i] for i in idx],
+                        dev_texts, dev_labels, lr=spec.lr, seed=s, **fine_tune_kwargs)
+        records.append({"encoder": spec.name, "n": len(idx), "seed": s,
+                        "accuracy": res.dev["eval_accuracy"], "macro_f1": res.dev["eval_macro_f1"],
+                        "steps": res.steps, "seconds": res.seconds})
+    return records
+
+
+def summarize_curve(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and spread per (encoder, n): accuracy mean, standard deviation (0 for one run), min,
+    max and the number of runs, in the order the records first name them."""
+    groups: dict[tuple[str, int], list[float]] = {}
+    for r in records:
+        groups.setdefault((r["encoder"], r["n"]), []).append(r["accuracy"])
+    rows = []
+    for (name, n), accs in groups.items():
+        t = torch.tensor(accs, dtype=torch.float64)
+        rows.append({"encoder": name, "n": n, "mean": t.mean().item(),
+                     "std": t.std().item() if len(accs) > 1 else 0.0,
+                     "min": t.min().item(), "max": t.max().item(), "runs": len(accs)})
+    return rows
+
+
+def plot_learning_curve(records: Sequence[Mapping[str, Any]], ax: Any = None,
+                        baselines: Mapping[str, float] | None = None) -> Any:
+    """Dev accuracy against labelled sentences (log scale), one line per encoder: the mean over
+    seeds, with a band from the lowest to the highest run; `baselines` adds labelled
+    horizontal lines (e.g. {"always the majority class": 0.51})."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(7, 4))[1]
+    rows = summarize_curve(records)
+    for name in dict.fromkeys(r["encoder"] for r in rows):
+        mine = sorted((r for r in rows if r["encoder"] == name), key=lambda r: r["n"])
+        ns = [r["n"] for r in mine]
+        line, = ax.plot(ns, [r["mean"] for r in mine], "o-", label=name)
+        ax.fill_between(ns, [r["min"] for r in mine], [r["max"] for r in mine],
+                        color=line.get_color(), alpha=0.2)
+    for label, value in (baselines or {}).items():
+        ax.axhline(value, ls="--", color="gray", lw=1)
+        ax.annotate(label, (ax.get_xlim()[0], value), fontsize=8, va="bottom", color="gray")
+    ax.set(xscale="log", xlabel="labelled training sentences", ylabel="dev accuracy",
+           title="what pretraining buys")
+    ax.legend(fontsize=8)
+    return ax
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+@torch.no_grad()
+def mlm_augment(
+    texts: Sequence[str],
+    model: nn.Module,
+    tokenizer: Any,
+    fraction: float = 0.15,
+    top_k: int = 5,
+    generator: torch.Generator | None = None,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    device: str | torch.device | None = None,
+) -> list[str]:
+    """New versions of whitespace-tokenised sentences: a `fraction` of each sentence's words
+    (at least one; only words of letters) is replaced by what a masked LM predicts there.
+
+    The chosen words of a sentence are replaced by [MASK] all at once (one [MASK] per word) and
+    each is filled with a token drawn from the model's top_k predictions at its position
+    (probabilities renormalised over them), among whole-word tokens of letters that differ from the
+    original word; top_k=1 takes the best guess. `generator` draws the words and the fillers.
+    Masked sentences are cut at max_length tokens (default: the model's longest position); words
+    past the cut stay as they were.
+    """
+    from lmcourse.train import get_logits
+
+    texts = list(texts)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
+    if tokenizer.mask_token_id is None:
+        raise ValueError("The tokenizer has no [MASK] token: augmentation needs a masked LM's tokenizer.")
+    device = config.get_device(device)
+    if max_length is None:
+        max_length = getattr(getattr(model, "config", None), "max_position_embeddings", 512)
+    was_training = model.training
+    model.to(device).eval()
+    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    # (V,) whole words of letters: "##" pieces and "[CLS]"-style special tokens are not
+    allowed = torch.tensor([t.isalpha() for t in vocab])
+    same_word: dict[str, list[int]] = {}  # lowercase word -> the ids spelling it in any case
+    for i, t in enumerate(vocab):
+        same_word.setdefault(t.lower(), []).append(i)
+    out = list(texts)
+    plans = []  # (sentence index, words, chosen word positions)
+    for i, text in enumerate(texts):
+        words = text.split()
+        candidates = [j for j, w in enumerate(words) if w.isalpha()]
+        if not candidates:
+            continue
+        k = min(len(candidates), max(1, round(fraction * len(words))))
+        pick = torch.randperm(len(candidates), generator=generator)[:k].tolist()
+        plans.append((i, words, sorted(candidates[p] for p in pick)))
+    try:
+        for start in range(0, len(plans), batch_size):
+            chunk = plans[start:start + batch_size]
+            masked = [" ".join(tokenizer.mask_token if j in chosen else w for j, w in enumerate(words))
+                      for _, words, chosen in chunk]
+            enc = tokenizer(masked, padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt").to(device)
+            logits = get_logits(model(**enc)).float()                        # (b, T, V)
+            for row, (i, words, chosen) in enumerate(chunk):
+                where = (enc["input_ids"][row] == tokenizer.mask_token_id).nonzero().flatten().tolist()
+                new = list(words)
+                for j, pos in zip(chosen, where):  # truncation may have cut some masks: keep those words
+                    scores = logits[row, pos, : len(allowed)].cpu()
+                    scores = scores.masked_fill(~allowed[: scores.numel()], float("-inf"))
+                    scores[same_word.get(words[j].lower(), [])] = float("-inf")  # not the word itself
+                    top = scores.topk(min(top_k, int(torch.isfinite(scores).sum())))
+                    if top.values.numel() == 0:
+                        continue
+                    choice = torch.multinomial(top.values.softmax(-1), 1, generator=generator).item()
+                    new[j] = vocab[int(top.indices[choice])]
+                out[i] = " ".join(new)
+    finally:
+        model.train(was_training)
+    return out
+

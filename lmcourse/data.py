@@ -635,7 +635,7 @@ def model_selection_split(
         raise DataError(f"Cannot hold out {n_held} of {n} rows: keep at least one row on each side.")
     g = torch.Generator().manual_seed(seed)
     if stratify:
-        labels = torch.tensor(train["label"])  # (N,)
+        labels = torch.tensor(train["label"][:])  # (N,); [:] reads the column at once
         classes = torch.unique(labels).tolist()
         members = [torch.nonzero(labels == c).flatten() for c in classes]
         exact = [n_held * len(m) / n for m in members]

@@ -449,3 +449,68 @@ def load_pretrained_bert(folder: str | Path, device: str | torch.device | None =
                                 "first, or pass the folder it saved to.")
     model = AutoModelForMaskedLM.from_pretrained(str(folder)).to(config.get_device(device)).eval()
     return model, AutoTokenizer.from_pretrained(str(folder))
+
+
+# --------------------------------------------------------------------------- the whole recipe
+
+
+def pretrain(
+    texts: Sequence[str],
+    vocab_size: int = 8000,
+    max_length: int = 64,
+    d_model: int = 128,
+    n_layers: int = 2,
+    n_heads: int = 2,
+    batch_size: int = 64,
+    max_steps: int = 2000,
+    lr: float = 1e-3,
+    warmup_steps: int = 50,
+    seed: int = config.DEFAULT_SEED,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> tuple[Any, Any]:
+    """Lesson 05b's recipe in one call: train the course's WordPiece tokenizer on `texts`, then
+    pretrain `small_bert` on them with 80/10/10 masking, length-grouped batches, AdamW with warmup
+    and linear decay. Returns (BertForMaskedLM in eval mode, tokenizer). The defaults are lesson
+    05b's quick mode."""
+    import tempfile
+
+    from lmcourse import tokenization
+    from lmcourse.train import TrainConfig, Trainer
+
+    texts = list(texts)
+    raw = tokenization.train_wordpiece(texts, vocab_size=vocab_size)
+    tokenizer = tokenization.load_tokenizer(tokenization.save_for_transformers(raw, tempfile.mkdtemp()))
+    data = encode(tokenizer, texts, max_length)
+    collator = MLMCollator.from_tokenizer(tokenizer)
+    config.seed_everything(seed)
+    model = small_bert(tokenizer, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+                       max_positions=max_length)
+    cfg = TrainConfig(max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                      schedule="linear", weight_decay=0.01, seed=seed, progress=progress)
+    trainer = Trainer(model, cfg, grouped_batches(data, collator, batch_size, seed=seed),
+                      collate_fn=collator, device=device)
+    config.seed_everything(seed)  # the collator's masks come from torch's global generator
+    trainer.train()
+    return model.eval(), tokenizer
+
+
+def load_or_pretrain(folder: str | Path | None = None, texts: Sequence[str] | None = None,
+                     **pretrain_kwargs: Any) -> tuple[Any, Any, str]:
+    """The learner's pretrained BERT: (model, tokenizer, where it came from).
+
+    It is loaded from `folder` (default `default_checkpoint_dir()`, where lesson 05b saves it) if
+    one is there; otherwise pretrained now with `pretrain(texts, **pretrain_kwargs)` (default
+    texts: the CoNLL-2003 training sentences, `news_sentences`) and saved to that folder, and the
+    third item says so.
+    """
+    folder = Path(folder) if folder is not None else default_checkpoint_dir()
+    if (folder / "config.json").is_file():
+        model, tokenizer = load_pretrained_bert(folder, device=pretrain_kwargs.get("device"))
+        return model, tokenizer, f"loaded from {folder} (lesson 05b)"
+    texts = list(texts) if texts is not None else news_sentences("train").texts
+    model, tokenizer = pretrain(texts, **pretrain_kwargs)
+    save_pretrained_bert(model, tokenizer, folder)
+    steps = pretrain_kwargs.get("max_steps", 2000)
+    return model, tokenizer, (f"not found at {folder}: pretrained now on {len(texts):,} sentences "
+                              f"for {steps:,} steps (lesson 05b's recipe) and saved there")

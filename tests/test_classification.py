@@ -410,3 +410,203 @@ def test_predict_returns_probabilities_in_the_order_of_the_texts(tokenizer):
             torch.testing.assert_close(probs[i], model(**one).logits[0].softmax(-1), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="no texts"):
         C.predict(model, tokenizer, [], device="cpu")
+
+
+# ------------------------------------------------------------------ fine-tuning runs, curves, augmentation
+
+
+def test_precision_recall_f1_by_hand_and_zero_division():
+    cm = torch.tensor([[5, 1, 0], [2, 3, 0], [1, 0, 0]])  # class 2 never predicted
+    p, r, f = C.precision_recall_f1(cm)
+    torch.testing.assert_close(p, torch.tensor([5 / 8, 3 / 4, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(r, torch.tensor([5 / 6, 3 / 5, 0.0], dtype=torch.float64))
+    f_expected = [2 * (5 / 8) * (5 / 6) / (5 / 8 + 5 / 6), 2 * (3 / 4) * (3 / 5) / (3 / 4 + 3 / 5), 0.0]
+    torch.testing.assert_close(f, torch.tensor(f_expected, dtype=torch.float64))
+    assert C.classification_report(cm).f1 == pytest.approx(f_expected)
+
+
+def test_most_confident_mistakes_order_ties_and_k():
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.6, 0.4], [0.55, 0.45]])
+    labels = torch.tensor([1, 1, 1, 0, 1, 0])
+    # mistakes: 0 (0.9), 2 (0.6), 3 (0.7), 4 (0.6); 5 is right; 2 and 4 tie: lower index first
+    assert C.most_confident_mistakes(probs, labels, 10).tolist() == [0, 3, 2, 4]
+    assert C.most_confident_mistakes(probs, labels, 2).tolist() == [0, 3]
+    assert C.most_confident_mistakes(probs, labels.new_tensor([0, 1, 0, 1, 0, 0]), 3).tolist() == []
+    with pytest.raises(ValueError):
+        C.most_confident_mistakes(probs, labels[:3], 2)
+
+
+def test_plan_steps_and_subsample():
+    assert C.plan_steps(100, 16, epochs=2) == 14
+    assert C.plan_steps(100, 16, epochs=2, min_steps=60) == 60       # few examples: more passes
+    assert C.plan_steps(4000, 16, epochs=2, max_steps=250) == 250     # many: capped
+    assert C.plan_steps(100, 16, epochs=0, min_steps=5) == 5
+    a, b = C.subsample(1000, 100, seed=1), C.subsample(1000, 100, seed=2)
+    assert len(set(a)) == 100 and a == sorted(a) and a != b and a == C.subsample(1000, 100, seed=1)
+    assert C.subsample(10, None, seed=1) == C.subsample(10, 50, seed=1) == list(range(10))
+
+
+def test_fine_tune_early_stopping_keeps_the_best_selection_weights(tokenizer, sst2):
+    train, dev = sst2["train"], sst2["validation"]
+    texts, labels = train["sentence"][:], train["label"][:]
+
+    def run(**kw):
+        torch.manual_seed(0)
+        model = C.PooledClassifier(tiny_encoder(tokenizer), 2, pooling="mean",
+                                   generator=torch.Generator().manual_seed(0))
+        return C.fine_tune(model, tokenizer, texts[:200], labels[:200], dev["sentence"][:],
+                           dev["label"][:], texts[200:], labels[200:], epochs=0, min_steps=40,
+                           batch_size=16, lr=3e-3, max_length=32, n_evals=8, device="cpu", **kw)
+
+    free = run(early_stopping=False, train_accuracy=True)
+    assert free.steps == free.planned_steps == 40 and free.best_step is None
+    assert [e["step"] for e in free.history.eval] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert free.train_accuracy is not None and free.train_accuracy >= 0.8
+    assert free.dev["eval_accuracy"] >= 0.6  # learned something (the sample is balanced)
+    stopped = run(early_stopping=True, patience=1)
+    accs = [e["eval_accuracy"] for e in stopped.history.eval]
+    best = max(range(len(accs)), key=lambda i: (accs[i], -i))  # first best evaluation
+    assert stopped.best_step == stopped.history.eval[best]["step"]
+    # the kept weights are the best evaluation's: scoring the selection split again gives its accuracy
+    again = C.predict(stopped.model, tokenizer, texts[200:], device="cpu", max_length=32).argmax(-1)
+    sel_acc = (again == torch.tensor(labels[200:])).double().mean().item()
+    assert sel_acc == pytest.approx(accs[best])
+    if stopped.steps < 40:
+        assert len(accs) - 1 - best == 1  # stopped after `patience` evaluations without progress
+
+
+def test_learning_curve_records_and_summary(tokenizer, sst2):
+    train, dev = sst2["train"], sst2["validation"]
+    specs = [C.EncoderSpec("tiny", lambda: (tiny_encoder(tokenizer), tokenizer), lr=3e-3)]
+    records = C.learning_curve(specs, train["sentence"][:], train["label"][:], dev["sentence"][:60],
+                               dev["label"][:60], sizes=[20, None], seeds={20: [1, 2], None: [1]},
+                               epochs=1, min_steps=2, batch_size=8, max_length=32, device="cpu",
+                               progress=False)
+    assert [(r["n"], r["seed"]) for r in records] == [(20, 1), (20, 2), (len(train), 1)]
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["steps"] >= 2 for r in records)
+    rows = C.summarize_curve(records)
+    assert [(r["encoder"], r["n"], r["runs"]) for r in rows] == [("tiny", 20, 2), ("tiny", len(train), 1)]
+    accs = [records[0]["accuracy"], records[1]["accuracy"]]
+    assert rows[0]["mean"] == pytest.approx(sum(accs) / 2)
+    assert rows[0]["std"] == pytest.approx(torch.tensor(accs, dtype=torch.float64).std().item())
+    assert (rows[0]["min"], rows[0]["max"]) == (min(accs), max(accs)) and rows[1]["std"] == 0.0
+    # the same seed gives the same run
+    again = C.learning_curve(specs, train["sentence"][:], train["label"][:], dev["sentence"][:60],
+                             dev["label"][:60], sizes=[20], seeds=[1], epochs=1, min_steps=2,
+                             batch_size=8, max_length=32, device="cpu", progress=False)
+    assert again[0]["accuracy"] == records[0]["accuracy"]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = C.plot_learning_curve(records, baselines={"majority": 0.5})
+    assert ax.get_xscale() == "log" and len(ax.lines) == 2  # one curve, one baseline
+
+
+@pytest.fixture(scope="module")
+def tiny_mlm(sst2, tmp_path_factory):
+    from lmcourse import mlm
+
+    texts = sst2["train"]["sentence"][:]
+    model, tok = mlm.pretrain(texts, vocab_size=300, max_length=32, d_model=32, n_layers=1, n_heads=2,
+                              batch_size=32, max_steps=30, lr=3e-3, warmup_steps=3, device="cpu",
+                              progress=False)
+    return model, tok
+
+
+def test_mlm_augment_replaces_a_fraction_of_words_with_predictions(tiny_mlm):
+    model, tok = tiny_mlm
+    texts = ["the acting is quite wonderful and the story is moving", "a dull , lifeless film .",
+             ", . !", "great"]
+    out = C.mlm_augment(texts, model, tok, fraction=0.3, generator=torch.Generator().manual_seed(0),
+                        device="cpu")
+    assert out == C.mlm_augment(texts, model, tok, fraction=0.3,
+                                generator=torch.Generator().manual_seed(0), device="cpu")
+    assert out[2] == texts[2]                       # no word of letters: unchanged
+    vocab = set(tok.get_vocab())
+    for before, after in zip(texts, out):
+        a, b = before.split(), after.split()
+        assert len(a) == len(b)                     # one word for one word
+        changed = [(x, y) for x, y in zip(a, b) if x != y]
+        if any(w.isalpha() for w in a):
+            letters = sum(w.isalpha() for w in a)
+            assert len(changed) == min(letters, max(1, round(0.3 * len(a))))
+        for x, y in changed:
+            assert x.isalpha() and y.isalpha() and y in vocab and y.lower() != x.lower()
+            assert not y.startswith("##") and y not in tok.all_special_tokens
+    # top_k=1 is the model's best guess at the masked position
+    one = C.mlm_augment(["great"], model, tok, fraction=1.0, top_k=1, device="cpu")[0]
+    enc = tok([tok.mask_token], return_tensors="pt")
+    with torch.no_grad():
+        scores = model(**enc).logits[0, 1]
+    allowed = [i for i, t in enumerate(tok.convert_ids_to_tokens(list(range(len(tok)))))
+               if t.isalpha() and i not in tok.all_special_ids and t.lower() != "great"]
+    assert one == tok.convert_ids_to_tokens(max(allowed, key=lambda i: scores[i].item()))
+    with pytest.raises(ValueError):
+        C.mlm_augment(texts, model, tok, fraction=0.0)
+
+
+def test_load_or_pretrain_trains_once_then_loads(tmp_path, sst2):
+    from lmcourse import mlm
+
+    texts = sst2["train"]["sentence"][:200]
+    kw = dict(vocab_size=200, max_length=32, d_model=16, n_layers=1, n_heads=2, batch_size=16,
+              max_steps=3, warmup_steps=1, device="cpu", progress=False)
+    model, tok, where = mlm.load_or_pretrain(tmp_path / "ck", texts=texts, **kw)
+    assert "pretrained now" in where and (tmp_path / "ck" / "config.json").is_file()
+    model2, tok2, where2 = mlm.load_or_pretrain(tmp_path / "ck", texts=texts, **kw)
+    assert "loaded" in where2 and tok2.get_vocab() == tok.get_vocab()
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), model2.state_dict().items()):
+        assert k == k2 and torch.equal(v.cpu(), v2.cpu())
+
+
+def test_most_confident_mistakes_keeps_index_order_among_many_ties():
+    n = 40  # torch's unstable sort reorders ties of this many elements on the CPU
+    probs = torch.full((n, 2), 0.5).index_fill(1, torch.tensor([0]), 0.7).index_fill(1, torch.tensor([1]), 0.3)
+    labels = torch.ones(n, dtype=torch.long)  # every prediction (class 0) is wrong, all at 0.7
+    assert C.most_confident_mistakes(probs, labels, n).tolist() == list(range(n))
+
+
+def test_learning_curve_draws_each_seed_its_own_sentences(monkeypatch):
+    seen = []
+
+    def fake_fine_tune(model, tokenizer, texts, labels, *args, **kwargs):
+        seen.append((list(texts), kwargs["seed"], kwargs["lr"]))
+        return C.FineTuneResult(model, None, {"eval_accuracy": 0.5, "eval_macro_f1": 0.5}, 1, 1, None, 0.0)
+
+    monkeypatch.setattr(C, "fine_tune", fake_fine_tune)
+    texts, labels = [f"s{i}" for i in range(100)], [i % 2 for i in range(100)]
+    spec = C.EncoderSpec("e", lambda: (torch.nn.Linear(4, 4), None), lr=0.5)
+    monkeypatch.setattr(C, "PooledClassifier", lambda enc, *a, **k: enc)
+    C.learning_curve([spec], texts, labels, [], [], sizes=[10, None], seeds={10: [1, 2], None: [3]},
+                     progress=False)
+    (a, s1, lr), (b, s2, _), (c, s3, _) = seen
+    assert (s1, s2, s3, lr) == (1, 2, 3, 0.5)
+    assert len(a) == len(b) == 10 and a != b and len(c) == 100
+    assert a == [texts[i] for i in C.subsample(100, 10, seed=1)]
+
+
+class _FixedMLM(torch.nn.Module):
+    """A stand-in masked LM whose scores at every position rank a fixed list of token ids first."""
+
+    def __init__(self, vocab_size, ranking):
+        super().__init__()
+        self.scores = torch.zeros(vocab_size)
+        for rank, i in enumerate(ranking):
+            self.scores[i] = 100.0 - rank
+        self.config = type("Cfg", (), {"max_position_embeddings": 64})()
+
+    def forward(self, input_ids, **kwargs):
+        return {"logits": self.scores.expand(*input_ids.shape, -1)}
+
+
+def test_mlm_augment_skips_specials_pieces_and_the_word_itself(tiny_mlm):
+    _, tok = tiny_mlm
+    vocab = tok.get_vocab()
+    piece = next(t for t in vocab if t.startswith("##") and t[2:].isalpha())
+    words = [w for w in ("film", "movie", "the", "a", "and") if w in vocab]
+    first, second = words[:2]
+    ranking = [tok.mask_token_id, tok.cls_token_id, vocab[piece], vocab[","], vocab[first], vocab[second]]
+    model = _FixedMLM(len(tok), ranking)
+    out = C.mlm_augment([f"{first} {second}"], model, tok, fraction=1.0, top_k=1, device="cpu")
+    # the best allowed token is `first`; where the word is `first` itself, the next one, `second`
+    assert out == [f"{second} {first}"]
