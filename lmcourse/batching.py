@@ -65,3 +65,58 @@ def labelled_count(batch: Any, shifted: bool = False) -> int:
     if shifted:
         labels = labels[..., 1:]
     return int((labels != IGNORE_INDEX).sum())
+
+
+# --------------------------------------------------------------------------- padding
+
+
+def pad_rows(rows: Any, value: int, multiple_of: int | None = None) -> torch.Tensor:
+    """Right-pad lists of ids to the longest (rounded up to a multiple of `multiple_of`): (B, T)."""
+    width = max(len(r) for r in rows)
+    if multiple_of:
+        width = (width + multiple_of - 1) // multiple_of * multiple_of
+    out = torch.full((len(rows), width), value, dtype=torch.long)  # (B, T)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+    return out
+
+
+def tokenizer_pad_id(tokenizer: Any) -> int:
+    """The tokenizer's [PAD] id, or an error that says how to set one."""
+    if tokenizer.pad_token_id is None:
+        raise ValueError("The tokenizer has no padding token; set tokenizer.pad_token first.")
+    return int(tokenizer.pad_token_id)
+
+
+def pad_batch(examples: Any, pad_token_id: int, multiple_of: int | None = None,
+              token_keys: Mapping[str, int] | None = None, example_keys: tuple[str, ...] = (),
+              name: str = "the collator") -> dict[str, torch.Tensor]:
+    """One batch from encoded examples (dicts with input_ids and maybe more), dynamic padding.
+
+    input_ids (B, T) padded with pad_token_id and attention_mask (B, T) (1 real token, 0 padding)
+    always; each key of `token_keys` that the examples have, one value per token, padded with its
+    value there (labels with IGNORE_INDEX, token_type_ids with 0); each key of `example_keys`, one
+    value per example, stacked (B,). T is the longest example, rounded up to a multiple of
+    `multiple_of` if set. Every example must have a key or none; other keys are left out.
+    """
+    if not examples:
+        raise ValueError(f"{name} got an empty list of examples.")
+    token_keys = {"token_type_ids": 0} if token_keys is None else token_keys
+    ids = [[int(t) for t in e["input_ids"]] for e in examples]
+    batch = {"input_ids": pad_rows(ids, pad_token_id, multiple_of),                # (B, T)
+             "attention_mask": pad_rows([[1] * len(r) for r in ids], 0, multiple_of)}  # (B, T)
+    for key in (*token_keys, *example_keys):
+        has = [key in e for e in examples]
+        if any(has) and not all(has):
+            raise ValueError(f"Some examples have {key} and some do not; encode them alike.")
+        if not all(has):
+            continue
+        if key in example_keys:
+            batch[key] = torch.tensor([int(e[key]) for e in examples])  # (B,)
+            continue
+        rows = [e[key] for e in examples]
+        for i, (r, x) in enumerate(zip(rows, ids)):
+            if len(r) != len(x):
+                raise ValueError(f"Example {i}: {len(x)} input_ids but {len(r)} {key}.")
+        batch[key] = pad_rows(rows, token_keys[key], multiple_of)  # (B, T)
+    return batch

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmcourse import config
-from lmcourse.batching import epoch_order
+from lmcourse.batching import epoch_order, pad_batch, tokenizer_pad_id
 from lmcourse.config import DEFAULT_SEED
 from lmcourse.data import SST2_LABELS
 from lmcourse.lm_math import IGNORE_INDEX
@@ -346,17 +346,6 @@ def encode_sentences(
     return examples
 
 
-def pad_rows(rows: Sequence[Sequence[int]], value: int, multiple_of: int | None = None) -> torch.Tensor:
-    """Right-pad lists of ids to the longest (rounded up to a multiple of `multiple_of`): (B, T)."""
-    t = max(len(r) for r in rows)
-    if multiple_of:
-        t = (t + multiple_of - 1) // multiple_of * multiple_of
-    out = torch.full((len(rows), t), value, dtype=torch.long)  # (B, T)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = torch.as_tensor(r, dtype=torch.long)
-    return out
-
-
 @dataclass
 class ClassificationCollator:
     """Pads a list of `encode_sentences` examples into one batch (a Trainer collate_fn).
@@ -373,27 +362,12 @@ class ClassificationCollator:
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, **kwargs: Any) -> ClassificationCollator:
         """A collator with the tokenizer's [PAD] id."""
-        if tokenizer.pad_token_id is None:
-            raise ValueError("The tokenizer has no padding token; set tokenizer.pad_token first.")
-        return cls(pad_token_id=tokenizer.pad_token_id, **kwargs)
+        return cls(pad_token_id=tokenizer_pad_id(tokenizer), **kwargs)
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        if not examples:
-            raise ValueError("ClassificationCollator got an empty list of examples.")
-        ids = [list(map(int, e["input_ids"])) for e in examples]
-        m = self.pad_to_multiple_of
-        batch = {"input_ids": pad_rows(ids, self.pad_token_id, m),              # (B, T)
-                 "attention_mask": pad_rows([[1] * len(r) for r in ids], 0, m)}  # (B, T)
-        for key in ("token_type_ids", "labels"):
-            has = [key in e for e in examples]
-            if any(has) and not all(has):
-                raise ValueError(f"Some examples have {key} and some do not; encode them alike.")
-            if all(has):
-                if key == "labels":
-                    batch["labels"] = torch.tensor([int(e["labels"]) for e in examples])  # (B,)
-                else:
-                    batch[key] = pad_rows([e[key] for e in examples], 0, m)  # (B, T)
-        return batch
+        return pad_batch(examples, self.pad_token_id, self.pad_to_multiple_of,
+                         token_keys={"token_type_ids": 0}, example_keys=("labels",),
+                         name="ClassificationCollator")
 
 
 def _last_hidden(out: Any) -> torch.Tensor:

@@ -300,15 +300,6 @@ def tokenize_and_align(
     return out
 
 
-def _pad(rows: Sequence[Sequence[int]], value: int, width: int) -> torch.Tensor:
-    import torch
-
-    out = torch.full((len(rows), width), value, dtype=torch.long)  # (B, T)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = torch.as_tensor(list(r), dtype=torch.long)
-    return out
-
-
 @dataclass
 class TokenClassificationCollator:
     """Pads a list of `tokenize_and_align` examples into one batch (a Trainer collate_fn).
@@ -327,31 +318,16 @@ class TokenClassificationCollator:
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, **kwargs: Any) -> TokenClassificationCollator:
         """A collator with the tokenizer's [PAD] id."""
-        if tokenizer.pad_token_id is None:
-            raise ValueError("The tokenizer has no padding token; set tokenizer.pad_token first.")
-        return cls(pad_token_id=tokenizer.pad_token_id, **kwargs)
+        from lmcourse.batching import tokenizer_pad_id
+
+        return cls(pad_token_id=tokenizer_pad_id(tokenizer), **kwargs)
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        if not examples:
-            raise ValueError("TokenClassificationCollator got an empty list of examples.")
-        ids = [[int(t) for t in e["input_ids"]] for e in examples]
-        width = max(len(r) for r in ids)
-        if self.pad_to_multiple_of:
-            m = self.pad_to_multiple_of
-            width = (width + m - 1) // m * m
-        batch = {"input_ids": _pad(ids, self.pad_token_id, width),         # (B, T)
-                 "attention_mask": _pad([[1] * len(r) for r in ids], 0, width)}  # (B, T)
-        for key, value in (("labels", _ignore_index()), ("token_type_ids", 0)):
-            has = [key in e for e in examples]
-            if any(has) and not all(has):
-                raise ValueError(f"Some examples have {key} and some do not; encode them alike.")
-            if all(has):
-                rows = [e[key] for e in examples]
-                for i, (r, x) in enumerate(zip(rows, ids)):
-                    if len(r) != len(x):
-                        raise ValueError(f"Example {i}: {len(x)} input_ids but {len(r)} {key}.")
-                batch[key] = _pad(rows, value, width)  # (B, T)
-        return batch
+        from lmcourse.batching import pad_batch
+
+        return pad_batch(examples, self.pad_token_id, self.pad_to_multiple_of,
+                         token_keys={"labels": _ignore_index(), "token_type_ids": 0},
+                         name="TokenClassificationCollator")
 
 
 def encode_seeds_recipe(
