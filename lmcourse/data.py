@@ -322,13 +322,21 @@ def sst2_features() -> datasets.Features:
     })
 
 
+def canonical_split(split: str, names: Sequence[str], aliases: dict[str, str], corpus: str) -> str:
+    """The canonical name of `split` among `names` (aliases such as 'dev' mapped), or an error that
+    lists the names and the aliases."""
+    name = aliases.get(split, split)
+    if name not in names:
+        accepted = " and ".join(repr(a) for a in aliases)
+        verb = "is" if len(aliases) == 1 else "are"
+        raise DataError(f"Unknown {corpus} split {split!r}; choose one of {tuple(names)} "
+                        f"({accepted} {verb} accepted for validation).")
+    return name
+
+
 def sst2_split_name(split: str) -> str:
     """The canonical split name: train, validation or test ('dev' is an alias of validation)."""
-    name = SST2_SPLIT_ALIASES.get(split, split)
-    if name not in SST2_SPLITS:
-        raise DataError(f"Unknown SST-2 split {split!r}; choose one of {SST2_SPLITS} "
-                        "('dev' is accepted for validation).")
-    return name
+    return canonical_split(split, SST2_SPLITS, SST2_SPLIT_ALIASES, "SST-2")
 
 
 def read_sst2_tsv(path: str | Path) -> list[tuple[int, str]]:
@@ -697,11 +705,7 @@ class ConllFile:
 
 def conll_split_name(split: str) -> str:
     """The canonical split name: train, validation or test ('valid' and 'dev' mean validation)."""
-    name = CONLL_SPLIT_ALIASES.get(split, split)
-    if name not in CONLL_SPLIT_NAMES:
-        raise DataError(f"Unknown CoNLL split {split!r}; choose one of {CONLL_SPLIT_NAMES} "
-                        "('valid' and 'dev' are accepted for validation).")
-    return name
+    return canonical_split(split, CONLL_SPLIT_NAMES, CONLL_SPLIT_ALIASES, "CoNLL")
 
 
 def read_conll(path: str | Path, scheme: str = "auto") -> ConllFile:
