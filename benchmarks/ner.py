@@ -22,6 +22,13 @@ matter of training each to the end (not done here). Reported: seconds per step, 
 recipe's speed-up over `max_length 128`, all from the same run. The encoder is the packaged
 all-MiniLM-L6-v2 with a new token-classification head. --quick-check runs on the synthetic sample
 in seconds; its numbers mean nothing.
+
+What pretraining buys (`--pretraining`): lesson 05b's small BERT with random weights against the
+same model after 05b's masked-LM pretraining on CoNLL-2003's own (unlabelled) training sentences,
+both fine-tuned for `--pt-epochs` epochs with the same recipe (dynamic padding, length-grouped
+batches, AdamW lr `--pt-lr`, warmup then linear decay, seed), scored on dev with seqeval's
+entity-level micro F1. The checkpoint comes from `lm.mlm.load_or_pretrain` (where lesson 05b saves
+it for $LMCOURSE_MODE, default quick; pretrained now if absent, and the output says which).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lmcourse import config, data, ner  # noqa: E402
+from lmcourse import config, data, mlm, ner  # noqa: E402
 from lmcourse.batching import epoch_order  # noqa: E402
 from lmcourse.mlm import length_grouped_batches  # noqa: E402
 from lmcourse.train import TrainConfig, Trainer  # noqa: E402
@@ -67,6 +74,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
+    parser.add_argument("--pretraining", action="store_true",
+                        help="also compare random init with lesson 05b's pretrained small BERT")
+    parser.add_argument("--pt-epochs", type=float, default=3.0)
+    parser.add_argument("--pt-lr", type=float, default=1e-3)
     parser.add_argument("--quick-check", action="store_true",
                         help="run on the synthetic sample in seconds (numbers mean nothing)")
     args = parser.parse_args()
@@ -158,6 +169,66 @@ def main() -> None:
     print(f"({args.steps} timed steps per recipe after {args.warmup} untimed; the projection assumes the timed "
           f"batches are typical of the epoch; peak RSS {peak_rss_mib():.0f} MiB)"
           + (" [quick check: synthetic sample, numbers mean nothing]" if args.quick_check else ""))
+
+    if args.pretraining:
+        compare_pretraining(args, train, labels, sources)
+
+
+def compare_pretraining(args: argparse.Namespace, train, labels: list[str], sources: tuple[str, ...]) -> None:
+    """Dev F1 of 05b's small BERT from random weights and from its masked-LM checkpoint."""
+    from transformers import AutoModelForTokenClassification
+
+    dev = data.load_conll("validation", sources=sources)
+    pt_kwargs = dict(vocab_size=300, d_model=32, n_layers=1, n_heads=2, max_steps=20,
+                     batch_size=16) if args.quick_check else {}
+    texts = [" ".join(t) for t in train["tokens"][:]] if args.quick_check else None
+    folder = mlm.default_checkpoint_dir()
+    t0 = time.perf_counter()
+    _, tok, where = mlm.load_or_pretrain(folder, texts=texts, device=args.device, progress=False,
+                                         seed=args.seed, **pt_kwargs)
+    print(f"\nlesson 05b's BERT: {where} ({time.perf_counter() - t0:.0f} s)")
+    max_len = mlm.load_pretrained_bert(folder, device="cpu")[0].config.max_position_embeddings
+    enc = ner.tokenize_and_align(tok, train["tokens"][:], train["ner_tags"][:], max_length=max_len)
+    examples = [{"input_ids": i, "labels": y} for i, y in zip(enc["input_ids"], enc["labels"])]
+    lengths = [len(e["input_ids"]) for e in examples]
+    collate = ner.TokenClassificationCollator.from_tokenizer(tok)
+    bs = args.batch_size
+    steps = max(1, round(args.pt_epochs * -(-len(examples) // bs)))
+    dev_tokens = dev["tokens"][:]
+    gold = [[labels[t] for t in row] for row in dev["ner_tags"][:]]
+    maps = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                label2id={name: i for i, name in enumerate(labels)})
+
+    def batches(epoch: int):
+        for idx in length_grouped_batches(lengths, bs, args.seed, epoch):
+            yield collate([examples[i] for i in idx])
+
+    def build(pretrained: bool):
+        if pretrained:
+            return AutoModelForTokenClassification.from_pretrained(str(folder), **maps)
+        cfg = AutoModelForTokenClassification.from_pretrained(str(folder), **maps).config
+        return AutoModelForTokenClassification.from_config(cfg)
+
+    print(f"{'start':>22} {'dev F1':>7} {'precision':>10} {'recall':>7} {'seconds':>8}   "
+          f"({steps} steps = {args.pt_epochs:g} epochs, batch {bs}, lr {args.pt_lr})")
+    scores = {}
+    for name, pretrained in (("random init", False), ("05b BERT (MLM)", True)):
+        config.seed_everything(args.seed)
+        model = build(pretrained)
+        cfg = TrainConfig(max_steps=steps, batch_size=bs, lr=args.pt_lr, warmup_steps=round(0.06 * steps),
+                          schedule="linear", progress=False, seed=args.seed)
+        config.seed_everything(args.seed)
+        t0 = time.perf_counter()
+        Trainer(model, cfg, batches, device=args.device).train()
+        seconds = time.perf_counter() - t0
+        pred = ner.predict_word_tags(model, tok, dev_tokens, labels, max_length=max_len, device=args.device)
+        micro = ner.entity_scores(gold, pred)["micro"]
+        scores[name] = micro["f1"]
+        print(f"{name:>22} {micro['f1']:>7.4f} {micro['precision']:>10.4f} {micro['recall']:>7.4f} "
+              f"{seconds:>8.0f}")
+    gain = 100 * (scores["05b BERT (MLM)"] - scores["random init"])
+    print(f"pretraining gain: {gain:+.1f} points of dev F1 (goal: at least +5)"
+          + (" [quick check: numbers mean nothing]" if args.quick_check else ""))
 
 
 if __name__ == "__main__":
