@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import resource
 import sys
 import time
 from pathlib import Path
@@ -52,6 +51,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import peak_rss_mib  # noqa: E402  (benchmarks/common.py)
 
 from lmcourse import classification as C  # noqa: E402
 from lmcourse import config, data  # noqa: E402
@@ -61,12 +62,6 @@ REAL = ("local", "online")  # never the synthetic sample
 ENCODER = ("all-MiniLM-L6-v2 (packaged): BERT architecture, 6 layers, hidden 384, uncased, "
            "distilled and fine-tuned for sentence embeddings, no masked-LM head")
 GOAL_ACCURACY, GOAL_POINTS = 0.87, 5.0
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set size so far, in MiB (ru_maxrss is KiB on Linux)."""
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 1024 if sys.platform != "darwin" else r / 2**20
 
 
 def build_model(folder: Path, pooling: str, dropout: float, seed: int) -> torch.nn.Module:

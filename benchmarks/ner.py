@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import resource
 import sys
 import time
 from pathlib import Path
@@ -44,16 +43,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import peak_rss_mib  # noqa: E402  (benchmarks/common.py)
+
 from lmcourse import config, data, mlm, ner  # noqa: E402
 from lmcourse.batching import epoch_order  # noqa: E402
 from lmcourse.mlm import length_grouped_batches  # noqa: E402
 from lmcourse.train import TrainConfig, Trainer  # noqa: E402
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set size so far, in MiB (ru_maxrss is KiB on Linux)."""
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 1024 if sys.platform != "darwin" else r / 2**20
 
 
 def cpu_bf16() -> str:
@@ -112,21 +107,16 @@ def main() -> None:
         str(folder), num_labels=len(labels), id2label=dict(enumerate(labels)),
         label2id={name: i for i, name in enumerate(labels)})
 
-    def fixed(idx: list[int]) -> dict[str, torch.Tensor]:
-        batch = collate([examples[i] for i in idx])
-        pad = 128 - batch["input_ids"].shape[1]
-        if pad > 0:  # to max_length, as padding="max_length" does
-            batch["input_ids"] = torch.nn.functional.pad(batch["input_ids"], (0, pad), value=collate.pad_token_id)
-            batch["attention_mask"] = torch.nn.functional.pad(batch["attention_mask"], (0, pad), value=0)
-            batch["labels"] = torch.nn.functional.pad(batch["labels"], (0, pad), value=-100)
-        return batch
+    # padding="max_length": every batch rounded up to a multiple of 128 tokens, the longest sentence
+    pad_128 = ner.TokenClassificationCollator(collate.pad_token_id, pad_to_multiple_of=128)
 
     def shuffled(epoch: int) -> list[list[int]]:
         order = epoch_order(len(examples), args.seed, epoch)
         return [order[i:i + bs] for i in range(0, len(order), bs)]
 
     recipes = {
-        "max_length 128": (lambda epoch: (fixed(idx) for idx in shuffled(epoch)), False, shuffled),
+        "max_length 128": (lambda epoch: (pad_128([examples[i] for i in idx]) for idx in shuffled(epoch)),
+                           False, shuffled),
         "dynamic + length-grouped": (
             lambda epoch: (collate([examples[i] for i in idx])
                            for idx in length_grouped_batches(lengths, bs, args.seed, epoch)),

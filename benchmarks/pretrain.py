@@ -19,18 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set size so far, in MiB (ru_maxrss is KiB on Linux)."""
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 1024 if sys.platform != "darwin" else r / 2**20
+from common import peak_rss_mib  # benchmarks/common.py
 
 
 def describe_optimizer(opt) -> str:

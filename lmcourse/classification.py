@@ -861,3 +861,19 @@ def mlm_augment(
         model.train(was_training)
     return out
 
+
+
+def plot_confusion(cm: torch.Tensor, names: Sequence[str], title: str = "", ax: Any = None) -> Any:
+    """A confusion matrix (rows true, columns predicted) as a heat map with its counts written in."""
+    import matplotlib.pyplot as plt
+
+    cm = torch.as_tensor(cm)
+    ax = ax or plt.subplots(figsize=(3.6, 3.2))[1]
+    ax.imshow(cm.numpy(), cmap="Blues")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{int(cm[i, j]):,}", ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set(xticks=range(len(names)), yticks=range(len(names)), xticklabels=list(names),
+           yticklabels=list(names), xlabel="predicted", ylabel="true", title=title)
+    return ax

