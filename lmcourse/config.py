@@ -134,6 +134,25 @@ def autocast(
     return torch.autocast(device_type=device.type, dtype=chosen)
 
 
+def cpu_bf16_instructions() -> str:
+    """The bfloat16 instructions /proc/cpuinfo lists (avx512_bf16, amx_bf16), "none", or
+    "unknown" where there is no /proc/cpuinfo (macOS, Windows)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return "unknown"
+    return ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "none"
+
+
+def bf16_pays(device: torch.device | str) -> bool:
+    """Whether bfloat16 autocast is worth switching on for training on `device`: a CUDA GPU with
+    bf16 support, or a CPU with bf16 instructions (elsewhere the CPU emulates it, often slower)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_bf16_instructions() not in ("none", "unknown")
+
+
 def needs_grad_scaler(device: torch.device | str, dtype: torch.dtype | None) -> bool:
     """True when training under autocast with this dtype needs a gradient scaler (fp16 on a GPU)."""
     return dtype == torch.float16 and torch.device(device).type in ("cuda", "mps")

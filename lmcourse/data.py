@@ -23,10 +23,10 @@ import os
 import random
 import re
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -54,6 +54,58 @@ def local_file(relative: str | Path) -> tuple[Path | None, str]:
     if not path.is_file():
         return None, f"local: no {path}"
     return path, ""
+
+
+class SourceUnavailable(Exception):
+    """Raised by a loader's reader when its source cannot serve the request; the message says why
+    (it goes into the "tried" list that the loader prints and its error shows)."""
+
+
+def require_network() -> None:
+    """Raise SourceUnavailable when the network is not allowed (HF_HUB_OFFLINE and friends)."""
+    if config.is_offline():
+        raise SourceUnavailable(f"online: skipped ({config.offline_reason()})")
+
+
+def first_source(
+    what: str,
+    local_path: str | Path,
+    sources: Sequence[str],
+    readers: Mapping[str, Callable[[], tuple[Any, str]]],
+) -> tuple[str, Any, str, list[str]]:
+    """The course's source order, written once for every loader.
+
+    Tries each of `sources` (a subsequence of SOURCES: local, online, offline) in order with its
+    reader from `readers`; a reader returns (result, location) or raises SourceUnavailable(why)
+    to move on to the next source (any other exception, e.g. a malformed file, propagates).
+    Returns (source, result, location, tried): `tried` lists why earlier sources were not used.
+    When none works: a DataError that names `what`, every reason and the fix
+    (`local_path` under $LMCOURSE_DATA_DIR, the network, or the offline source).
+    """
+    bad = [s for s in sources if s not in SOURCES]
+    if bad:
+        raise DataError(f"Unknown source(s) {bad}; choose from {SOURCES}.")
+    tried: list[str] = []
+    for source in sources:
+        try:
+            result, location = readers[source]()
+        except SourceUnavailable as e:
+            tried.append(str(e))
+            continue
+        return source, result, location, tried
+    raise DataError(
+        f"Could not load {what}. Tried: " + ("; ".join(tried) or "no source") + ". Fix: set "
+        f"{config.ENV_DATA_DIR} to a folder with {local_path}, or allow the network "
+        "(unset HF_HUB_OFFLINE/HF_DATASETS_OFFLINE), or include 'offline' in sources."
+    )
+
+
+def read_local(relative: str | Path) -> Path:
+    """`local_file(relative)`, raising SourceUnavailable (for a reader) when it is missing."""
+    path, why_not = local_file(relative)
+    if path is None:
+        raise SourceUnavailable(why_not)
+    return path
 
 
 @dataclass
@@ -148,46 +200,28 @@ def load_corpus(
     """Load a text corpus from the first source that works, and say which one was used."""
     if name not in CORPORA:
         raise DataError(f"Unknown corpus {name!r}; choose one of {sorted(CORPORA)}.")
-    bad = [s for s in sources if s not in SOURCES]
-    if bad:
-        raise DataError(f"Unknown source(s) {bad}; choose from {SOURCES}.")
     spec = CORPORA[name]
-    tried: list[str] = []
-    corpus = None
-    for source in sources:
-        if source == "local":
-            path, why_not = local_file(spec.local)
-            if path is None:
-                tried.append(why_not)
-                continue
-            corpus = Corpus(name, read_text_file(path), "local", str(path))
-        elif source == "online":
-            if spec.url is None:
-                tried.append("online: this corpus has no online copy")
-                continue
-            cached = cache_dir() / name / Path(spec.local).name
-            if cached.is_file():
-                corpus = Corpus(name, read_text_file(cached), "online", f"{spec.url} (cached at {cached})")
-            elif config.is_offline():
-                tried.append(f"online: skipped ({config.offline_reason()})")
-                continue
-            else:
-                try:
-                    download(spec.url, cached, timeout)
-                except OSError as e:
-                    tried.append(f"online: {spec.url} failed ({type(e).__name__}: {e})")
-                    continue
-                corpus = Corpus(name, read_text_file(cached), "online", spec.url)
-        else:
-            text, location = spec.offline()
-            corpus = Corpus(name, text, "offline", location)
-        break
-    if corpus is None:
-        raise DataError(
-            f"Could not load corpus {name!r}. Tried: " + "; ".join(tried) + ". Fix: set "
-            f"{config.ENV_DATA_DIR} to a folder with {spec.local}, or allow the network "
-            "(unset HF_HUB_OFFLINE/HF_DATASETS_OFFLINE), or include 'offline' in sources."
-        )
+
+    def local() -> tuple[str, str]:
+        path = read_local(spec.local)
+        return read_text_file(path), str(path)
+
+    def online() -> tuple[str, str]:
+        if spec.url is None:
+            raise SourceUnavailable("online: this corpus has no online copy")
+        cached = cache_dir() / name / Path(spec.local).name
+        if cached.is_file():
+            return read_text_file(cached), f"{spec.url} (cached at {cached})"
+        require_network()
+        try:
+            download(spec.url, cached, timeout)
+        except OSError as e:
+            raise SourceUnavailable(f"online: {spec.url} failed ({type(e).__name__}: {e})") from e
+        return read_text_file(cached), spec.url
+
+    source, text, location, tried = first_source(
+        f"corpus {name!r}", spec.local, sources, {"local": local, "online": online, "offline": spec.offline})
+    corpus = Corpus(name, text, source, location)
     if not quiet:
         note = f" (not used: {'; '.join(tried)})" if tried else ""
         print(f"corpus '{name}' from {corpus.source} source: {corpus.location}, "
@@ -558,54 +592,40 @@ def load_sst2(
     The dataset's `info.description` names the source as the printed line does.
     """
     split = sst2_split_name(split)
-    bad = [s for s in sources if s not in SOURCES]
-    if bad:
-        raise DataError(f"Unknown source(s) {bad}; choose from {SOURCES}.")
     file_name = SST2_FILES[split]
-    tried: list[str] = []
-    rows: list[tuple[int, str]] | None = None
-    source = location = ""
-    for source in sources:
-        if source == "local":
-            path, why_not = local_file(Path(SST2_DIR) / file_name)
-            if path is None:
-                tried.append(why_not)
-                continue
-            rows, location = read_sst2_tsv(path), str(path)
-        elif source == "online":
-            if config.is_offline():
-                tried.append(f"online: skipped ({config.offline_reason()})")
-                continue
-            if split == "test":
-                raise DataError(
-                    f"The Hub's SST-2 test split ({SST2_HUB_ID}, as GLUE's) has no labels: GLUE "
-                    "keeps them hidden and every label is -1, so it cannot score a model. "
-                    "Evaluate on 'validation' instead, and keep a slice of train for model "
-                    "selection (lm.data.model_selection_split) so validation stays honest. "
-                    f"A labelled test file works from the local source: {config.ENV_DATA_DIR}/"
-                    f"{SST2_DIR}/{file_name}. Tried before: " + ("; ".join(tried) or "nothing") + "."
-                )
-            try:
-                rows = _hub_sst2_rows(split)
-            except _network_errors() as e:
-                tried.append(f"online: {SST2_HUB_ID} failed ({type(e).__name__}: {e})")
-                continue
-            location = f"Hugging Face Hub {SST2_HUB_ID}@{SST2_HUB_REVISION[:7]}"
-        else:
-            folder = project_data_dir() / SYNTHETIC_SST2_DIR
-            path = folder / file_name
-            if path.is_file():
-                rows, where = read_sst2_tsv(path), str(path)
-            else:  # an installed package has no data/ folder: compose the same rows in memory
-                rows, where = synthetic_sst2()[split], "lm.data.synthetic_sst2(), composed in memory"
-            location = f"{SYNTHETIC_SST2_NOTE} ({where})"
-        break
-    if rows is None:
-        raise DataError(
-            f"Could not load SST-2 {split!r}. Tried: " + "; ".join(tried) + ". Fix: set "
-            f"{config.ENV_DATA_DIR} to a folder with {SST2_DIR}/{file_name}, or allow the network "
-            "(unset HF_HUB_OFFLINE/HF_DATASETS_OFFLINE), or include 'offline' in sources."
-        )
+
+    def local() -> tuple[list[tuple[int, str]], str]:
+        path = read_local(Path(SST2_DIR) / file_name)
+        return read_sst2_tsv(path), str(path)
+
+    def online() -> tuple[list[tuple[int, str]], str]:
+        require_network()
+        if split == "test":
+            raise DataError(
+                f"The Hub's SST-2 test split ({SST2_HUB_ID}, as GLUE's) has no labels: GLUE "
+                "keeps them hidden and every label is -1, so it cannot score a model. "
+                "Evaluate on 'validation' instead, and keep a slice of train for model "
+                "selection (lm.data.model_selection_split) so validation stays honest. "
+                f"A labelled test file works from the local source: {config.ENV_DATA_DIR}/"
+                f"{SST2_DIR}/{file_name}."
+            )
+        try:
+            rows = _hub_sst2_rows(split)
+        except _network_errors() as e:
+            raise SourceUnavailable(f"online: {SST2_HUB_ID} failed ({type(e).__name__}: {e})") from e
+        return rows, f"Hugging Face Hub {SST2_HUB_ID}@{SST2_HUB_REVISION[:7]}"
+
+    def offline() -> tuple[list[tuple[int, str]], str]:
+        path = project_data_dir() / SYNTHETIC_SST2_DIR / file_name
+        if path.is_file():
+            rows, where = read_sst2_tsv(path), str(path)
+        else:  # an installed package has no data/ folder: compose the same rows in memory
+            rows, where = synthetic_sst2()[split], "lm.data.synthetic_sst2(), composed in memory"
+        return rows, f"{SYNTHETIC_SST2_NOTE} ({where})"
+
+    source, rows, location, tried = first_source(
+        f"SST-2 {split!r}", Path(SST2_DIR) / file_name, sources,
+        {"local": local, "online": online, "offline": offline})
     ds = _sst2_dataset(rows, split, f"SST-2 {split} from {source} source: {location}")
     if not quiet:
         negative = sum(1 for label, _ in rows if label == 0)
@@ -1119,55 +1139,47 @@ def load_conll(
     split = conll_split_name(split)
     if folder is not None:
         return _load_conll_folder(split, Path(folder).expanduser(), scheme, quiet)
-    bad = [s for s in sources if s not in SOURCES]
-    if bad:
-        raise DataError(f"Unknown source(s) {bad}; choose from {SOURCES}.")
     labels = list(CONLL2003_LABELS)
     file_name = CONLL_FILES[split]
-    tried: list[str] = []
-    rows: tuple[list[str] | None, list[list[str]], list[list[str]]] | None = None
-    source = location = ""
-    for source in sources:
-        if source == "local":
-            path, why_not = local_file(Path(CONLL_DIR) / file_name)
-            if path is None:
-                tried.append(why_not)
+    Rows = tuple[list[str] | None, list[list[str]], list[list[str]]]  # ids, tokens, tags
+
+    def local() -> tuple[Rows, str]:
+        path = read_local(Path(CONLL_DIR) / file_name)
+        file = read_conll(path, scheme)
+        check_conll_labels(file, labels, "CoNLL-2003's labels")
+        return (None, file.tokens, file.tags), str(path)
+
+    failed: list[str] = []  # Hub copies that did not work, also when a later one did
+
+    def online() -> tuple[Rows, str]:
+        require_network()
+        for hub_id, revision in CONLL_HUB:
+            try:
+                rows = _hub_conll_rows(hub_id, revision, split)
+            except (*_network_errors(), DataError) as e:
+                failed.append(f"online: {hub_id} failed ({type(e).__name__}: {e})")
                 continue
-            file = read_conll(path, scheme)
+            return rows, f"Hugging Face Hub {hub_id}" + (f"@{revision}" if revision else "")
+        reason = "; ".join(failed)
+        failed.clear()
+        raise SourceUnavailable(reason)
+
+    def offline() -> tuple[Rows, str]:
+        path = project_data_dir() / SYNTHETIC_CONLL_DIR / file_name
+        if path.is_file():
+            file = read_conll(path, "IOB2")
             check_conll_labels(file, labels, "CoNLL-2003's labels")
-            rows, location = (None, file.tokens, file.tags), str(path)
-        elif source == "online":
-            if config.is_offline():
-                tried.append(f"online: skipped ({config.offline_reason()})")
-                continue
-            for hub_id, revision in CONLL_HUB:
-                try:
-                    rows = _hub_conll_rows(hub_id, revision, split)
-                except (*_network_errors(), DataError) as e:
-                    tried.append(f"online: {hub_id} failed ({type(e).__name__}: {e})")
-                    continue
-                location = f"Hugging Face Hub {hub_id}" + (f"@{revision}" if revision else "")
-                break
-            if rows is None:
-                continue
-        else:
-            path = project_data_dir() / SYNTHETIC_CONLL_DIR / file_name
-            if path.is_file():
-                file = read_conll(path, "IOB2")
-                check_conll_labels(file, labels, "CoNLL-2003's labels")
-                rows, where = (None, file.tokens, file.tags), str(path)
-            else:  # an installed package has no data/ folder: compose the same rows in memory
-                sample = synthetic_conll()[split]
-                rows = (None, [t for t, _ in sample], [g for _, g in sample])
-                where = "lm.data.synthetic_conll(), composed in memory"
-            location = f"{SYNTHETIC_CONLL_NOTE} ({where})"
-        break
-    if rows is None:
-        raise DataError(
-            f"Could not load CoNLL-2003 {split!r}. Tried: " + "; ".join(tried) + ". Fix: set "
-            f"{config.ENV_DATA_DIR} to a folder with {CONLL_DIR}/{file_name}, or allow the network "
-            "(unset HF_HUB_OFFLINE/HF_DATASETS_OFFLINE), or include 'offline' in sources."
-        )
+            rows, where = (None, file.tokens, file.tags), str(path)
+        else:  # an installed package has no data/ folder: compose the same rows in memory
+            sample = synthetic_conll()[split]
+            rows, where = (None, [t for t, _ in sample], [g for _, g in sample]), \
+                "lm.data.synthetic_conll(), composed in memory"
+        return rows, f"{SYNTHETIC_CONLL_NOTE} ({where})"
+
+    source, rows, location, tried = first_source(
+        f"CoNLL-2003 {split!r}", Path(CONLL_DIR) / file_name, sources,
+        {"local": local, "online": online, "offline": offline})
+    tried += failed
     ids, tokens, tags = rows
     ds = _conll_dataset(tokens, tags, labels, split, f"CoNLL-2003 {split} from {source} source: "
                         f"{location}", ids=ids)

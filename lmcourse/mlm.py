@@ -495,6 +495,19 @@ def pretrain(
     return model.eval(), tokenizer
 
 
+def checkpoint_size_differences(model_config: Any, sizes: Mapping[str, Any]) -> list[str]:
+    """Where a saved BERT's config differs from the `pretrain` sizes asked for (d_model,
+    n_layers, n_heads, max_length, vocab_size; the vocabulary may come out a little smaller than
+    asked), as "name: saved vs asked" strings; [] when it matches or nothing was asked."""
+    fields = {"d_model": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+              "max_length": "max_position_embeddings"}
+    out = [f"{name} {getattr(model_config, attr)} vs {sizes[name]}" for name, attr in fields.items()
+           if name in sizes and getattr(model_config, attr) != sizes[name]]
+    if "vocab_size" in sizes and model_config.vocab_size > sizes["vocab_size"]:
+        out.append(f"vocab_size {model_config.vocab_size} vs {sizes['vocab_size']}")
+    return out
+
+
 def load_or_pretrain(folder: str | Path | None = None, texts: Sequence[str] | None = None,
                      **pretrain_kwargs: Any) -> tuple[Any, Any, str]:
     """The learner's pretrained BERT: (model, tokenizer, where it came from).
@@ -507,7 +520,12 @@ def load_or_pretrain(folder: str | Path | None = None, texts: Sequence[str] | No
     folder = Path(folder) if folder is not None else default_checkpoint_dir()
     if (folder / "config.json").is_file():
         model, tokenizer = load_pretrained_bert(folder, device=pretrain_kwargs.get("device"))
-        return model, tokenizer, f"loaded from {folder} (lesson 05b)"
+        where = f"loaded from {folder} (lesson 05b)"
+        differ = checkpoint_size_differences(model.config, pretrain_kwargs)
+        if differ:  # a learner may have changed 05b's sizes on purpose: use it, but say so
+            where += (f"; note: its sizes differ from this mode's recipe ({', '.join(differ)}), so the "
+                      "numbers will differ from the lesson's text (run lesson 05b in this mode to match)")
+        return model, tokenizer, where
     texts = list(texts) if texts is not None else news_sentences("train").texts
     model, tokenizer = pretrain(texts, **pretrain_kwargs)
     save_pretrained_bert(model, tokenizer, folder)

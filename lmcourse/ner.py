@@ -674,3 +674,217 @@ def entity_confusion(
     for where in g_spans.keys() | p_spans.keys():
         counts[index[g_spans.get(where, OUTSIDE)], index[p_spans.get(where, OUTSIDE)]] += 1
     return names, counts
+
+
+# --------------------------------------------------------------------------- fine-tuning runs
+
+LABEL_RECIPES = ("first_subword", "all_subwords", "unaligned")
+
+
+def _tags_of(data: Any) -> tuple[list[list[str]], list[list[int]]]:
+    """(sentences, tag ids) of a `load_conll` dataset or of a (sentences, tag ids) pair."""
+    if isinstance(data, tuple):
+        sentences, tags = data
+    else:
+        sentences, tags = data["tokens"], data["ner_tags"]
+    return [list(s) for s in sentences], [[int(t) for t in row] for row in tags]
+
+
+def encode_examples(
+    tokenizer: Any,
+    data: Any,
+    labels: Sequence[str],
+    label_recipe: str = "first_subword",
+    max_length: int = 128,
+    pad_unaligned: bool = True,
+) -> list[dict[str, list[int]]]:
+    """Training examples (input_ids, labels) of a `load_conll` dataset or a (sentences, tag ids)
+    pair.
+
+    label_recipe: "first_subword" (the course: `tokenize_and_align`), "all_subwords" (every
+    subword labelled, B-X continued as I-X) or "unaligned" (the seeds' recipe: word labels laid
+    on token positions as they are, padded with O). With pad_unaligned (the seeds' whole recipe,
+    `encode_seeds_recipe`) every row is max_length long, padding labelled O, with an
+    attention_mask; without it each row keeps its own length (input_ids and as many labels), so
+    the label mistake can be measured apart from the padding.
+    """
+    if label_recipe not in LABEL_RECIPES:
+        raise ValueError(f"label_recipe={label_recipe!r}; choose one of {LABEL_RECIPES}.")
+    sentences, tags = _tags_of(data)
+    o_id = list(labels).index(OUTSIDE) if OUTSIDE in labels else 0
+    if label_recipe == "unaligned" and pad_unaligned:
+        enc = encode_seeds_recipe(tokenizer, sentences, tags, o_id=o_id, max_length=max_length)
+        return [{"input_ids": i.tolist(), "attention_mask": a.tolist(), "labels": y.tolist()}
+                for i, a, y in zip(enc["input_ids"], enc["attention_mask"], enc["labels"])]
+    if label_recipe == "unaligned":
+        ids = tokenize_and_align(tokenizer, sentences, max_length=max_length)["input_ids"]
+        return [{"input_ids": i, "labels": (list(t) + [o_id] * len(i))[:len(i)]} for i, t in zip(ids, tags)]
+    all_subwords = label_recipe == "all_subwords"
+    enc = tokenize_and_align(tokenizer, sentences, tags, label_all_subwords=all_subwords,
+                             b_to_i=b_to_i_ids(labels) if all_subwords else None, max_length=max_length)
+    return [{"input_ids": i, "labels": y} for i, y in zip(enc["input_ids"], enc["labels"])]
+
+
+def _stack_padded(examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    """Collate rows that are already padded to one length (the seeds' recipe): stack them, the
+    attention mask included (0 on padding)."""
+    import torch
+
+    return {k: torch.tensor([list(e[k]) for e in examples], dtype=torch.long)  # (B, L)
+            for k in ("input_ids", "attention_mask", "labels")}
+
+
+def evaluate_ner(
+    model: Any, tokenizer: Any, data: Any, labels: Sequence[str], max_length: int | None = None,
+    batch_size: int = 64, device: Any = None, strict: bool = False,
+) -> dict[str, float]:
+    """Entity-level precision, recall, F1 (seqeval, micro), token accuracy and f1_<TYPE> of a
+    token classifier on a `load_conll` dataset (or a (sentences, tag ids) pair), predicting one tag
+    per word from its first subword (`predict_word_tags`): every word counts, also words cut off by
+    truncation (predicted O)."""
+    sentences, tags = _tags_of(data)
+    gold = [[labels[t] for t in row] for row in tags]
+    pred = predict_word_tags(model, tokenizer, sentences, labels, batch_size=batch_size,
+                             max_length=max_length, device=device)
+    return entity_metrics(gold, pred, strict)
+
+
+@dataclass
+class NerRun:
+    """What `fine_tune_ner` returns. `history.eval` holds the dev evaluations (eval_f1, ...)."""
+
+    model: Any
+    history: Any                    # lm.train.History
+    dev: dict[str, float]           # evaluate_ner on dev with the kept weights ({} without dev)
+    steps: int                      # optimizer steps taken
+    planned_steps: int              # steps the schedule was planned for
+    best_step: int | None           # the step whose weights were kept (early stopping), else None
+    seconds: float                  # training time, dev evaluations during training included
+    train_seconds: float            # training steps alone (no evaluation)
+    trainable: int                  # parameters the optimizer updated
+    tokens: int                     # real (non-padding) tokens of the training batches seen
+    padded_tokens: int              # token positions of those batches, padding included
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.train_seconds if self.train_seconds else 0.0
+
+    @property
+    def padding(self) -> float:
+        return 1 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+
+def fine_tune_ner(
+    model: Any,
+    tokenizer: Any,
+    train: Any,
+    dev: Any,
+    labels: Sequence[str],
+    *,
+    epochs: float = 3.0,
+    max_steps: int | None = None,
+    min_steps: int = 1,
+    batch_size: int = 32,
+    lr: float = 5e-5,
+    weight_decay: float = 0.01,
+    warmup: float = 0.1,
+    max_length: int = 128,
+    label_recipe: str = "first_subword",
+    padding: str = "dynamic",
+    group_by_length: bool = True,
+    bf16: bool = False,
+    n_evals: int = 0,
+    max_eval_sentences: int | None = None,
+    early_stopping: bool = True,
+    patience: int = 2,
+    seed: int | None = None,
+    device: Any = None,
+    progress: bool = False,
+) -> NerRun:
+    """Fine-tune a token classifier (a transformers ...ForTokenClassification, or any model that
+    returns a loss and logits (B, T, C) for input_ids, attention_mask, labels) on NER data with the
+    course Trainer, then score it on dev with `evaluate_ner`.
+
+    `train` and `dev` are `load_conll` datasets or (sentences, tag ids) pairs with tag ids into
+    `labels` (dev may be None: no evaluation, `dev` of the result is {}). The recipe's parts can each be switched to the seeds' choice, so a lesson or a
+    benchmark can measure what each one buys:
+    - label_recipe (`encode_examples`): "first_subword" (the course), "all_subwords", "unaligned";
+    - padding: "dynamic" (each batch to its longest sentence) or "max_length" (every batch to
+      `max_length` tokens); "unaligned" with "max_length" is the seeds' whole recipe (padding
+      labelled O and counted in the loss);
+    - group_by_length: batches of similar lengths (True) or a shuffled order;
+    - bf16: bfloat16 autocast (pays on CPUs with bf16 instructions and on GPUs).
+    AdamW with `weight_decay` (not on biases and LayerNorm), `warmup` (a share of the steps) then
+    linear decay, for `epochs` passes (or max_steps). With n_evals > 0 the model is evaluated on
+    dev (its first `max_eval_sentences`) n_evals times, the eval loss per labelled token; with
+    early_stopping the run stops after `patience` evaluations without a better dev F1 and keeps
+    the weights of the best one. Dev then serves to choose: report test. Only parameters with
+    requires_grad train (LoRA, adapters). Dropout draws from torch's global generator: seed it
+    before calling for a repeatable run.
+    """
+    import time
+
+    from lmcourse.classification import LengthGroupedBatches, plan_steps
+    from lmcourse.config import DEFAULT_SEED
+    from lmcourse.mlm import predicted_ids
+    from lmcourse.train import TrainConfig, Trainer
+
+    if padding not in ("dynamic", "max_length"):
+        raise ValueError(f"padding={padding!r}; choose 'dynamic' or 'max_length'.")
+    seed = DEFAULT_SEED if seed is None else seed
+    t0 = time.perf_counter()
+    seeds = label_recipe == "unaligned" and padding == "max_length"  # the seeds' whole recipe
+    examples = encode_examples(tokenizer, train, labels, label_recipe, max_length, pad_unaligned=seeds)
+    if seeds:
+        collate: Any = _stack_padded
+    else:
+        collate = TokenClassificationCollator.from_tokenizer(
+            tokenizer, pad_to_multiple_of=max_length if padding == "max_length" else None)
+    batches = LengthGroupedBatches(examples, collate, batch_size, seed, group_by_length=group_by_length)
+    steps = plan_steps(len(examples), batch_size, epochs, min_steps, max_steps)
+    if dev is None and n_evals > 0:
+        raise ValueError("n_evals > 0 needs dev data to evaluate on.")
+    dev_sentences, dev_tags = _tags_of(dev) if dev is not None else ([], [])
+    if max_eval_sentences is not None:
+        dev_sentences, dev_tags = dev_sentences[:max_eval_sentences], dev_tags[:max_eval_sentences]
+    eval_data = None
+    stop: dict[str, Any] = {}
+    if n_evals > 0:
+        eval_data = encode_examples(tokenizer, (dev_sentences, dev_tags), labels, "first_subword", max_length)
+        stop["eval_every"] = max(1, -(-steps // n_evals))
+        if early_stopping:
+            stop.update(early_stopping_metric="eval_f1", early_stopping_mode="max",
+                        early_stopping_patience=patience, restore_best=True)
+    cfg = TrainConfig(max_steps=steps, batch_size=batch_size, eval_batch_size=64, lr=lr,
+                      weight_decay=weight_decay, warmup_steps=round(warmup * steps), schedule="linear",
+                      mixed_precision=bf16, progress=progress, seed=seed, **stop)
+    trainer = Trainer(model, cfg, batches, eval_data,
+                      collate_fn=TokenClassificationCollator.from_tokenizer(tokenizer),
+                      metrics_fn=ner_metrics_fn(labels), preprocess_logits=predicted_ids, device=device)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    eval_seconds = [0.0]
+    evaluate = trainer.evaluate
+
+    def timed_evaluate(*args: Any, **kwargs: Any) -> dict[str, float]:
+        t = time.perf_counter()
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            eval_seconds[0] += time.perf_counter() - t
+
+    trainer.evaluate = timed_evaluate  # type: ignore[method-assign]
+    t_train = time.perf_counter()
+    history = trainer.train()
+    train_seconds = time.perf_counter() - t_train - eval_seconds[0]
+    seconds = time.perf_counter() - t0
+    seen = [idx for epoch in range(steps // max(1, batches.steps_per_epoch()) + 1)
+            for idx in batches.index_batches(epoch)][:trainer.state.step]
+    real = sum(sum(examples[i]["attention_mask"]) if seeds else batches.lengths[i] for idx in seen for i in idx)
+    width = (lambda idx: max_length) if padding == "max_length" \
+        else (lambda idx: max(batches.lengths[i] for i in idx))
+    padded = sum(len(idx) * width(idx) for idx in seen)
+    scores = evaluate_ner(model, tokenizer, (dev_sentences, dev_tags), labels, max_length=max_length,
+                          device=device) if dev_sentences else {}
+    best = trainer.state.best_step if eval_data is not None and early_stopping else None
+    return NerRun(model, history, scores, trainer.state.step, steps, best, seconds, train_seconds,
+                  trainable, real, padded)

