@@ -2,7 +2,7 @@
 same labels, same optimizer, on CoNLL-2003 train (CPU by default).
 
     LMCOURSE_DATA_DIR=../shared/data python benchmarks/ner.py [--steps 40] [--threads 2]
-        [--batch-size 32] [--quick-check]
+        [--batch-size 32] [--recipes-f1] [--minilm] [--peft] [--pretraining] [--quick-check]
 
 Recipes (each runs `--steps` optimizer steps after `--warmup` untimed ones, in a fresh copy of the
 same initial model, in this process, one after the other):
@@ -16,19 +16,28 @@ same initial model, in this process, one after the other):
   with bf16 instructions (this script prints whether /proc/cpuinfo lists avx512_bf16 or amx_bf16).
 
 Labels are aligned to the first subword in every recipe (`lm.ner.tokenize_and_align`), so the
-recipes train the same task and differ only in padding, order and precision; equal F1 is a
-matter of training each to the end (not done here). Reported: seconds per step, real
-(non-padding) tokens per second, the share of padding, the projected time of one epoch, and each
-recipe's speed-up over `max_length 128`, all from the same run. The encoder is the packaged
-all-MiniLM-L6-v2 with a new token-classification head. --quick-check runs on the synthetic sample
-in seconds; its numbers mean nothing.
+recipes train the same task and differ only in padding, order and precision. Reported: seconds per
+step, real (non-padding) tokens per second, the share of padding, the projected time of one epoch,
+and each recipe's speed-up over `max_length 128`, all from the same run. The encoder is the
+packaged all-MiniLM-L6-v2 with a new token-classification head. --quick-check runs every mode on
+the synthetic sample in seconds; its numbers mean nothing. --skip-speed leaves this table out.
 
-What pretraining buys (`--pretraining`): lesson 05b's small BERT with random weights against the
-same model after 05b's masked-LM pretraining on CoNLL-2003's own (unlabelled) training sentences,
-both fine-tuned for `--pt-epochs` epochs with the same recipe (dynamic padding, length-grouped
-batches, AdamW lr `--pt-lr`, warmup then linear decay, seed), scored on dev with seqeval's
-entity-level micro F1. The checkpoint comes from `lm.mlm.load_or_pretrain` (where lesson 05b saves
-it for $LMCOURSE_MODE, default quick; pretrained now if absent, and the output says which).
+The other figures of the NER lesson (each ratio from one run, every model trained by
+`lm.ner.fine_tune_ner`, the lesson's own code):
+
+- `--recipes-f1`: the recipes of `--f1-recipes` (128, dynamic in a shuffled order, length-grouped,
+  + bf16) each trained for `--f1-epochs` on the first `--f1-sentences` training sentences: training
+  seconds, real tokens/s and dev F1 side by side (equal F1 is what makes a speed-up count);
+- `--minilm`: the packaged MiniLM fine-tuned with the course recipe for `--epochs` at `--lr`,
+  dev evaluated every epoch and the best kept, then test F1 once, against a `--budget-min` budget;
+- `--peft`: full fine-tuning, LoRA and adapters, each in a fresh process (so its peak memory is
+  its own): trainable parameters, dev and test F1, seconds per epoch, peak RSS;
+- `--pretraining`: lesson 05b's small BERT with random weights against the same model after
+  05b's masked-LM pretraining on CoNLL-2003's own (unlabelled) training sentences, fine-tuned on n
+  labelled sentences for each n of `--pt-sizes` and each seed of `--pt-seeds` (a seed draws the
+  subset, the head and the dropout masks), `--pt-epochs` epochs (at least `--pt-min-steps` steps)
+  at `--pt-lr`, dev F1. The checkpoint comes from `lm.mlm.load_or_pretrain` (where lesson 05b
+  saves it for $LMCOURSE_MODE, default quick; pretrained now if absent, and the output says which).
 """
 
 from __future__ import annotations
@@ -71,6 +80,8 @@ def main() -> None:
                         help="train each speed recipe on the same sentences and compare dev F1 and time")
     parser.add_argument("--f1-sentences", type=int, default=3000)
     parser.add_argument("--f1-epochs", type=float, default=1.0)
+    parser.add_argument("--f1-recipes", default="128,dynamic,grouped,bf16",
+                        help="which of 128, dynamic (shuffled), grouped, bf16; the first is the speed-up's base")
     parser.add_argument("--minilm", action="store_true",
                         help="the packaged MiniLM trained within --budget-min minutes: test F1")
     parser.add_argument("--epochs", type=float, default=5.0)
@@ -216,9 +227,11 @@ def compare_recipes_f1(args: argparse.Namespace, train, labels: list[str], sourc
     tok = AutoTokenizer.from_pretrained(str(folder))
     dev, _ = _splits(sources)
     subset = train.select(range(min(args.f1_sentences, len(train))))
-    recipes = {"max_length 128": dict(padding="max_length", group_by_length=False),
-               "dynamic + length-grouped": dict(),
-               "dynamic + length-grouped + bf16": dict(bf16=True)}
+    every = {"128": ("max_length 128", dict(padding="max_length", group_by_length=False)),
+             "dynamic": ("dynamic, shuffled order", dict(group_by_length=False)),
+             "grouped": ("dynamic + length-grouped", dict()),
+             "bf16": ("dynamic + length-grouped + bf16", dict(bf16=True))}
+    recipes = dict(every[k] for k in args.f1_recipes.split(","))
     print(f"\nequal training, {len(subset):,} sentences x {args.f1_epochs:g} epoch(s), batch {args.batch_size}, "
           f"lr {args.lr}; dev F1 on all {len(dev):,} dev sentences")
     print(f"{'recipe':>32} {'train s':>8} {'real tokens/s':>14} {'padding':>8} {'dev F1':>7} {'speed-up':>9}")
