@@ -376,3 +376,139 @@ def save_ner_model(model: Any, tokenizer: Any, folder: str | Path, card: str | N
             (tmp / "README.md").write_text(card, encoding="utf-8")
 
     return atomic_save_dir(Path(folder), write)
+
+
+# --------------------------------------------------------------------------- scoring raw-text output
+
+
+def join_words(words: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
+    """A pre-split sentence as the raw text a service receives (words joined by one space) and
+    each word's (start, end) character offsets in it."""
+    offsets, pos = [], 0
+    for w in words:
+        offsets.append((pos, pos + len(w)))
+        pos += len(w) + 1
+    return " ".join(words), offsets
+
+
+def tags_from_entities(entities: Sequence[Entity], word_offsets: Sequence[tuple[int, int]]) -> list[str]:
+    """IOB2 tags of the given words from entities with character offsets: a word that overlaps an
+    entity gets its type (B- on the first such word, I- on the rest); other words get O. This is
+    how entities predicted on raw text are scored against word-level gold tags (CoNLL's words are
+    not always the model's: "U.S." is one CoNLL word and four BERT pre-tokenizer words)."""
+    tags = ["O"] * len(word_offsets)
+    for e in entities:
+        inside = [i for i, (a, b) in enumerate(word_offsets) if a < e.end and e.start < b]
+        for k, i in enumerate(inside):
+            if tags[i] == "O":  # an earlier entity keeps a word both overlap
+                tags[i] = ("B-" if k == 0 else "I-") + e.type
+    return tags
+
+
+def raw_text_scores(
+    predict: Any, sentences: Sequence[Sequence[str]], gold: Sequence[Sequence[str]],
+) -> dict[str, float]:
+    """Entity-level scores (seqeval, as `lm.ner.entity_metrics`) of a raw-text predictor:
+    `predict(list of texts)` returns a list of entity lists (`NerPredictor.predict`, or anything
+    returning Entity-like objects). Each sentence is joined into raw text (`join_words`), its
+    entities read back as word tags (`tags_from_entities`) and compared with `gold` (tag strings)."""
+    texts, offsets = zip(*(join_words(s) for s in sentences)) if sentences else ((), ())
+    found = predict(list(texts))
+    pred = [tags_from_entities(ents, offs) for ents, offs in zip(found, offsets)]
+    return ner.entity_metrics([list(g) for g in gold], pred)
+
+
+# --------------------------------------------------------------------------- lesson 07's model
+
+# The main run of lesson 07 (section 8) in each mode: sentences of train/dev/test used (None: all),
+# and the settings passed to lm.ner.fine_tune_ner. tests/test_predict.py checks that they equal the
+# lesson's parameters cell, so lesson 08 rebuilds the same model when lesson 07's is missing.
+LESSON07_MAIN_RUN: dict[str, dict[str, Any]] = {
+    "smoke": dict(n_train=64, n_dev=48, n_test=48, batch_size=8, max_length=128, lr=1e-4,
+                  main_epochs=1, n_evals=1, patience=2, online_encoder=False),
+    "quick": dict(n_train=None, n_dev=None, n_test=None, batch_size=32, max_length=128, lr=1e-4,
+                  main_epochs=1, n_evals=2, patience=2, online_encoder=False),
+    "full": dict(n_train=None, n_dev=None, n_test=None, batch_size=32, max_length=128, lr=5e-5,
+                 main_epochs=3, n_evals=3, patience=2, online_encoder=True),
+}
+
+
+def default_model_dir(mode: str) -> Path:
+    """Where lesson 07 saves its fine-tuned NER model and lesson 08 looks for it."""
+    from lmcourse.config import cache_dir
+
+    return cache_dir() / "models" / f"ner-{mode}"
+
+
+def ner_card(encoder_name: str, labels: Sequence[str], n_train: int, data_note: str,
+             metrics: dict[str, dict[str, float]]) -> str:
+    """The model card of lesson 07's model (`model_card` with the lesson's data and limits)."""
+    limits = [
+        "Trained on Reuters news from 1996-97 (CoNLL-2003): expect lower scores on other "
+        "genres (social media, medicine, law) and on names that became common later.",
+        "Four types only (PER, ORG, LOC, MISC); anything else is not found.",
+        "Metrics are exact-match entity F1 (seqeval); a wrong boundary counts as a miss and a "
+        "false alarm.",
+    ]
+    if "MiniLM" in encoder_name:
+        limits.append("The encoder (all-MiniLM-L6-v2) is uncased and tuned for sentence "
+                      "embeddings: capital letters, a strong cue for names, are lost; a cased "
+                      "BERT scores higher.")
+    return model_card(f"NER ({encoder_name}, CoNLL-2003)", labels, base_model=encoder_name,
+                      data=f"{n_train:,} training sentences. {data_note}", metrics=metrics,
+                      limits=limits)
+
+
+def load_or_fine_tune(
+    folder: str | Path | None = None,
+    mode: str = "quick",
+    seed: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> tuple[Path, str]:
+    """(folder, where it came from) of lesson 07's fine-tuned NER model, ready for
+    `NerPredictor.from_pretrained(folder)`.
+
+    The folder (default `default_model_dir(mode)`) is used as it is when it holds a saved token
+    classifier (config.json and model.safetensors). Otherwise lesson 07's main run
+    (`LESSON07_MAIN_RUN[mode]`: the pretrained encoder, CoNLL-2003 train, early stopping on dev) is
+    run first and its model saved there with a model card giving dev and test F1 (`save_ner_model`).
+    """
+    from lmcourse import classification, config, data
+    from lmcourse.config import DEFAULT_SEED
+
+    folder = Path(folder).expanduser() if folder is not None else default_model_dir(mode)
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder, f"loaded from {folder}"
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    r = LESSON07_MAIN_RUN[mode]
+    seed = DEFAULT_SEED if seed is None else seed
+
+    def first(ds: Any, n: int | None) -> Any:
+        return ds if n is None else ds.select(range(min(n, len(ds))))
+
+    train_all = data.load_conll("train", quiet=True)
+    train = first(train_all, r["n_train"])
+    dev = first(data.load_conll("validation", quiet=True), r["n_dev"])
+    test = first(data.load_conll("test", quiet=True), r["n_test"])
+    labels = train.features["ner_tags"].feature.names
+    id2label, label2id = classification.label_maps(labels)
+    source, name = classification.pretrained_encoder(online=r["online_encoder"],
+                                                     model_id=classification.ONLINE_CASED_ENCODER)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    config.seed_everything(seed)  # the new classification head starts at random
+    model = AutoModelForTokenClassification.from_pretrained(
+        source, num_labels=len(labels), id2label=id2label, label2id=label2id)
+    config.seed_everything(seed)
+    run = ner.fine_tune_ner(model, tokenizer, train, dev, labels, epochs=r["main_epochs"], lr=r["lr"],
+                            batch_size=r["batch_size"], max_length=r["max_length"],
+                            bf16=config.bf16_pays(config.get_device(device)), n_evals=r["n_evals"],
+                            patience=r["patience"], seed=seed, device=device, progress=progress)
+    test_scores = ner.evaluate_ner(run.model, tokenizer, test, labels, device=device)
+    card = ner_card(name, labels, len(train), train_all.info.description or "",
+                    {"dev": {k: run.dev[k] for k in ("precision", "recall", "f1")},
+                     "test": {k: test_scores[k] for k in ("precision", "recall", "f1")}})
+    save_ner_model(run.model, tokenizer, folder, card=card)
+    return folder, f"fine-tuned with lesson 07's recipe ({run.steps} steps, test F1 " \
+                   f"{test_scores['f1']:.4f}) and saved to {folder}"

@@ -388,3 +388,56 @@ def test_save_ner_model_writes_safetensors_and_a_card_that_reloads(tmp_path, mod
         save_ner_model(unnamed, tokenizer, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
     assert "Not measured." in model_card("m", ["O"], "x", "d")
+
+
+# --------------------------------------------------------------------------- raw-text scoring
+
+
+def test_tags_from_entities_and_raw_text_scores():
+    from lmcourse.predict import join_words, raw_text_scores, tags_from_entities
+
+    words = ["The", "U.S.", "envoy", "Hans", "Meyer", "visited", "New", "York", "."]
+    text, offsets = join_words(words)
+    assert text == "The U.S. envoy Hans Meyer visited New York ." and offsets[1] == (4, 8)
+    ents = [Entity("LOC", 4, 6, "U.", 0.9),            # part of a CoNLL word tags the whole word
+            Entity("PER", 15, 25, "Hans Meyer", 0.8), Entity("LOC", 34, 42, "New York", 0.7)]
+    tags = tags_from_entities(ents, offsets)
+    assert tags == ["O", "B-LOC", "O", "B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O"]
+    gold = [tags, ["O", "B-ORG"]]
+    sentences = [words, ["the", "Acme"]]
+    perfect = raw_text_scores(lambda texts: [ents, [Entity("ORG", 4, 8, "Acme", 1.0)]], sentences, gold)
+    assert perfect["f1"] == 1.0
+    half = raw_text_scores(lambda texts: [ents[:1], []], sentences, gold)  # 1 of 4 found, no false alarm
+    assert (half["precision"], half["recall"]) == (1.0, 0.25)
+    assert raw_text_scores(lambda texts: [], [], [])["f1"] == 0.0
+
+
+def test_the_recipe_lesson_08_reruns_is_lesson_07s(monkeypatch):
+    """LESSON07_MAIN_RUN holds lesson 07's parameters cell, mode for mode."""
+    import json
+    from pathlib import Path
+
+    from lmcourse.predict import LESSON07_MAIN_RUN
+
+    nb = json.loads((Path(__file__).parents[1] / "solutions" / "07_ner_finetuning.ipynb").read_text())
+    cell = next("".join(c["source"]) for c in nb["cells"]
+                if c["cell_type"] == "code" and "P = cfg.params(" in "".join(c["source"]))
+    scope = {"cfg": SimpleNamespace(params=lambda **modes: modes)}
+    exec(cell, scope)
+    for mode, recipe in LESSON07_MAIN_RUN.items():
+        assert {k: scope["P"][mode][k] for k in recipe} == recipe, mode
+
+
+def test_load_or_fine_tune_trains_saves_and_then_loads(tmp_path, folder):
+    from lmcourse.predict import load_or_fine_tune
+
+    where = tmp_path / "ner"
+    got, how = load_or_fine_tune(where, mode="smoke", device="cpu")
+    assert got == where and how.startswith("fine-tuned with lesson 07's recipe")
+    card = (where / "README.md").read_text()
+    assert "| dev |" in card and "| test |" in card and "uncased" in card
+    predictor = NerPredictor.from_pretrained(where, device="cpu")
+    assert predictor.labels[0] == "O" and isinstance(predictor.predict("Hans Meyer lives in Paris"), list)
+    stamp = (where / "model.safetensors").stat().st_mtime_ns
+    assert load_or_fine_tune(where, mode="smoke") == (where, f"loaded from {where}")
+    assert (where / "model.safetensors").stat().st_mtime_ns == stamp  # not trained again
