@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from lmcourse import ner
+from tests.standins import StandInModel
 
 
 @pytest.mark.parametrize("tag, parts", [
@@ -184,7 +185,7 @@ def test_word_predictions():
         ner.word_predictions(preds[:3], word_ids)
 
 
-class IdModuloModel:
+class IdModuloModel(StandInModel):
     """A stand-in token classifier: the logits favour class (input id % C) at every position."""
 
     def __init__(self, n_labels):
@@ -192,15 +193,6 @@ class IdModuloModel:
 
         self.net = torch.nn.Linear(1, 1)  # something to move to a device
         self.n, self.training = n_labels, True
-
-    def to(self, device):
-        return self
-
-    def eval(self):
-        self.training = False
-
-    def train(self, mode=True):
-        self.training = mode
 
     def __call__(self, input_ids, attention_mask=None):
         import torch

@@ -10,6 +10,7 @@ import pytest
 
 from lmcourse import ner
 from lmcourse.predict import Entity, NerPredictor, aggregate_spans
+from tests.standins import StandInModel
 
 LABELS = list(ner.bio_labels(["PER", "ORG", "LOC", "MISC"]))  # CoNLL-2003's order
 
@@ -241,7 +242,7 @@ def test_windows_equal_the_windows_run_by_hand(model, tokenizer, max_length, str
         assert min(b - a for a, b in zip(window_scores, window_scores[1:])) > 1e-5
 
 
-class PositionBlind:
+class PositionBlind(StandInModel):
     """A stand-in token classifier whose logits depend on the token id alone (a fixed random table),
     so a word gets the same prediction from any window that holds its first subword."""
 
@@ -253,15 +254,6 @@ class PositionBlind:
         self.config = SimpleNamespace(id2label=dict(enumerate(labels)), max_position_embeddings=512)
         self.training = True
         self.calls = []
-
-    def to(self, device):
-        return self
-
-    def eval(self):
-        self.training = False
-
-    def train(self, mode=True):
-        self.training = mode
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
         self.calls.append(tuple(input_ids.shape))
