@@ -171,7 +171,8 @@ class NerPredictor:
     def from_pretrained(cls, folder: str | Path, device: str | torch.device | None = None,
                         **kwargs: Any) -> NerPredictor:
         """A predictor for a saved token classifier: the model (AutoModelForTokenClassification,
-        safetensors weights only: nothing is unpickled) and its fast tokenizer (AutoTokenizer) from
+        or `lm.compress.load_pruned` when config.json records pruned heads; safetensors weights
+        only: nothing is unpickled) and its fast tokenizer (AutoTokenizer) from
         `folder`; `kwargs` (batch_size, max_length, stride) go to the constructor."""
         from transformers import AutoModelForTokenClassification, AutoTokenizer
 
@@ -180,7 +181,16 @@ class NerPredictor:
             raise ValueError(f"{path} holds no .safetensors weights, and the predictor never loads "
                              "pickled ones (.bin, .pt: loading them can run code). Save the model "
                              "with model.save_pretrained(folder), which writes model.safetensors.")
-        model = AutoModelForTokenClassification.from_pretrained(str(path), use_safetensors=True)
+        import json
+
+        config_file = path / "config.json"
+        settings = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        if settings.get("pruned_heads"):  # heads removed by lm.compress.prune_heads: its loader
+            from lmcourse.compress import load_pruned
+
+            model = load_pruned(path)
+        else:
+            model = AutoModelForTokenClassification.from_pretrained(str(path), use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         return cls(model, tokenizer, device=device, **kwargs)
 
@@ -497,9 +507,16 @@ def load_or_fine_tune(
     source, name = classification.pretrained_encoder(online=r["online_encoder"],
                                                      model_id=classification.ONLINE_CASED_ENCODER)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    config.seed_everything(seed)  # the new classification head starts at random
-    model = AutoModelForTokenClassification.from_pretrained(
-        source, num_labels=len(labels), id2label=id2label, label2id=label2id)
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a new head on a pretrained encoder is expected: no report
+    try:
+        config.seed_everything(seed)  # the new classification head starts at random
+        model = AutoModelForTokenClassification.from_pretrained(
+            source, num_labels=len(labels), id2label=id2label, label2id=label2id)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     config.seed_everything(seed)
     run = ner.fine_tune_ner(model, tokenizer, train, dev, labels, epochs=r["main_epochs"], lr=r["lr"],
                             batch_size=r["batch_size"], max_length=r["max_length"],

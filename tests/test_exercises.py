@@ -37,7 +37,7 @@ def test_each_mistake_is_rejected_with_its_hint(key, mistake):
 
 # Lessons whose exercises are registered before their notebook is written (a typo in an exercise's
 # lesson name would otherwise go unnoticed until the notebook exists).
-LESSONS_WITHOUT_NOTEBOOK: set[str] = {"08_deployment"}
+LESSONS_WITHOUT_NOTEBOOK: set[str] = set()
 
 
 def test_every_notebook_exercise_is_registered_and_checked_once():

@@ -433,3 +433,16 @@ def test_load_or_fine_tune_trains_saves_and_then_loads(tmp_path, folder):
     stamp = (where / "model.safetensors").stat().st_mtime_ns
     assert load_or_fine_tune(where, mode="smoke") == (where, f"loaded from {where}")
     assert (where / "model.safetensors").stat().st_mtime_ns == stamp  # not trained again
+
+
+def test_from_pretrained_loads_a_folder_with_pruned_heads(tmp_path, model, tokenizer):
+    from lmcourse import compress
+
+    pruned = compress.keep_layers(model, range(model.config.num_hidden_layers))  # a copy
+    compress.prune_heads(pruned, {0: [1, 5], 3: [0]})
+    pruned.save_pretrained(tmp_path / "pruned")
+    tokenizer.save_pretrained(tmp_path / "pruned")
+    loaded = NerPredictor.from_pretrained(tmp_path / "pruned", device="cpu")
+    assert compress.heads_per_layer(loaded.model)[:4] == [10, 12, 12, 11]
+    text = "Angela Merkel met Emmanuel Macron in Paris."
+    _assert_same(loaded.predict(text), NerPredictor(pruned, tokenizer, device="cpu").predict(text))
