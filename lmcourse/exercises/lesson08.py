@@ -199,7 +199,8 @@ def _score_advice(got, want, case: Case) -> Diagnosis | None:
         rows, ref = _rows(got), _rows(want)
     except TypeError:
         return None
-    if len(rows) == len(ref) and rows and [r[:4] for r in rows] == [r[:4] for r in ref]:
+    if len(rows) == len(ref) and rows and [r[:4] for r in rows] == [r[:4] for r in ref] and any(
+            not isinstance(r[4], (int, float)) or abs(r[4] - w[4]) > 1e-6 for r, w in zip(rows, ref)):
         return Diagnosis("score", "the entities are right but their scores are not: an entity's "
                          "score is the MEAN of its words' scores (sum / number of words), as the "
                          "pipeline's aggregation_strategy='first' gives it.")
