@@ -28,7 +28,8 @@ torch 2.13 it is deprecated and scheduled for removal.)
 - `half-layers`: the first half of the encoder layers kept (`lm.compress.keep_first_layers`), no
   retraining: what trimming alone costs;
 - `distilled`: the same trimmed student distilled from the full model on CoNLL train for
-  `--distill-epochs` (`lm.compress.distill_ner`), and `distilled-int8` its ONNX int8 version.
+  `--distill-epochs` at `--distill-lr` (`lm.compress.distill_ner`, lesson 08's settings: T=2,
+  alpha=0.5, batch 32), and `distilled-int8` its ONNX int8 version.
 
 Then the service (`lmcourse serve`, started by `lm.serve.running`) under load: `--service-requests`
 POST /entities requests of one sentence each, `--concurrency` at a time, with 1 and 2 worker
@@ -54,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import peak_rss_mib  # noqa: E402  (benchmarks/common.py)
 
-from lmcourse import data, predict  # noqa: E402
+from lmcourse import config, data, predict  # noqa: E402
 from lmcourse.export import file_size_mb as folder_mib  # noqa: E402
 
 Predict = Callable[[list[str]], list[list[Any]]]
@@ -155,6 +156,7 @@ def main() -> None:
     parser.add_argument("--variants", default="pipeline,fp32,onnx,int8,half-layers,"
                                               "distilled,distilled-int8")
     parser.add_argument("--distill-epochs", type=float, default=1.0)
+    parser.add_argument("--distill-lr", type=float, default=1e-4)
     parser.add_argument("--service-requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--skip-service", action="store_true")
@@ -228,8 +230,12 @@ def main() -> None:
                 if args.quick_check:
                     train, dev = train.select(range(64)), dev.select(range(32))
                 t0 = time.perf_counter()
+                config.seed_everything(config.DEFAULT_SEED)  # the dropout masks
                 run = compress.distill_ner(model, compress.keep_first_layers(model, k), tokenizer,
-                                           train, dev, names, epochs=args.distill_epochs, device="cpu")
+                                           train, dev, names, epochs=args.distill_epochs,
+                                           lr=args.distill_lr, batch_size=32, temperature=2.0,
+                                           alpha=0.5, bf16=config.bf16_pays(torch.device("cpu")),
+                                           seed=config.DEFAULT_SEED, device="cpu")
                 print(f"  distilled {k} layers in {time.perf_counter() - t0:.0f} s, dev F1 "
                       f"{run.dev.get('f1', float('nan')):.4f}")
                 run.model.save_pretrained(work / "distilled")
