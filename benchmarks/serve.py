@@ -25,7 +25,7 @@ Variants (`--variants`, comma-separated, in this order by default):
 - `onnx`, `int8`: the predictor on ONNX Runtime, fp32 and int8 dynamic quantization (`lm.export`);
 (PyTorch's own dynamic int8 quantization, `torch.ao.quantization.quantize_dynamic`, is left out: in
 torch 2.13 it is deprecated and scheduled for removal.)
-- `half-layers`: the first half of the encoder layers kept (`lm.compress.keep_first_layers`), no
+- `half-layers`: the first half of the encoder layers (or `--student-layers`) kept (`lm.compress.keep_first_layers`), no
   retraining: what trimming alone costs;
 - `distilled`: the same trimmed student distilled from the full model on CoNLL train for
   `--distill-epochs` at `--distill-lr` (`lm.compress.distill_ner`, lesson 08's settings: T=2,
@@ -157,6 +157,8 @@ def main() -> None:
                                               "distilled,distilled-int8")
     parser.add_argument("--distill-epochs", type=float, default=1.0)
     parser.add_argument("--distill-lr", type=float, default=1e-4)
+    parser.add_argument("--student-layers", type=int, default=None,
+                        help="layers of the trimmed and distilled students (default: half)")
     parser.add_argument("--service-requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--skip-service", action="store_true")
@@ -217,7 +219,7 @@ def main() -> None:
         elif name in ("half-layers", "distilled", "distilled-int8"):
             from lmcourse import compress
 
-            k = model.config.num_hidden_layers // 2
+            k = args.student_layers or model.config.num_hidden_layers // 2
             if name == "half-layers":
                 student = compress.keep_first_layers(model, k)
                 student.save_pretrained(work / "half")
