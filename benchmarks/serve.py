@@ -62,13 +62,10 @@ Predict = Callable[[list[str]], list[list[Any]]]
 
 
 def percentile(values: list[float], q: float) -> float:
-    """The q-quantile (0..1) of values, linear interpolation (numpy's default)."""
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    k = (len(s) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+    """The q-quantile (0..1) of values (numpy's linear interpolation)."""
+    import numpy as np
+
+    return float(np.quantile(values, q)) if values else float("nan")
 
 
 def measure(name: str, run: Predict, texts: list[str], sentences: list[list[str]],
@@ -83,7 +80,7 @@ def measure(name: str, run: Predict, texts: list[str], sentences: list[list[str]
         t = time.perf_counter()
         run(texts[i:i + batch])
         latencies.append(time.perf_counter() - t)
-    scores = predict.raw_text_scores(lambda _: found, sentences, gold)
+    scores = predict.raw_text_scores(found, sentences, gold)
     row = dict(name=name, per_s=len(texts) / bulk, p50=percentile(latencies, 0.5) * 1000,
                p95=percentile(latencies, 0.95) * 1000, f1=scores["f1"], size=size_mib,
                peak=peak_rss_mib())
@@ -98,14 +95,7 @@ def pipeline_predict(model: Any, tokenizer: Any, batch: int) -> Predict:
 
     pipe = transformers.pipeline("token-classification", model=model, tokenizer=tokenizer,
                                  aggregation_strategy="first", device="cpu")
-
-    def run(texts: list[str]) -> list[list[Any]]:
-        out = pipe(texts, batch_size=batch)
-        return [[predict.Entity(r["entity_group"], int(r["start"]), int(r["end"]),
-                                t[int(r["start"]):int(r["end"])], float(r["score"])) for r in rows]
-                for t, rows in zip(texts, out)]
-
-    return run
+    return lambda texts: predict.pipeline_entities(pipe, texts, batch)
 
 
 def service_load(model_dir: Path, texts: list[str], workers: int, n_requests: int,

@@ -45,7 +45,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmcourse.predict import _model_labels
+from lmcourse.predict import model_labels
 
 if TYPE_CHECKING:
     import torch
@@ -179,7 +179,7 @@ def export_onnx(
     import onnx
     import torch
 
-    _model_labels(model)  # refuse a model whose labels are missing or not BIO tags, before exporting
+    model_labels(model)  # refuse a model whose labels are missing or not BIO tags, before exporting
     out = _onnx_path(path)
     names = _model_inputs(model)
     example = _example_inputs(model, names)
@@ -287,7 +287,7 @@ class OnnxTokenClassifier:
         self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.config = _config_from(self.path, self.session.get_modelmeta().custom_metadata_map)
-        _model_labels(self)  # the labels must name BIO tags, as the predictor will require
+        model_labels(self)  # the labels must name BIO tags, as the predictor will require
 
     def __repr__(self) -> str:
         return (f"OnnxTokenClassifier({str(self.path)!r}, {len(self.config.id2label)} labels, "

@@ -106,7 +106,7 @@ def _default_window(model: Any, tokenizer: Any) -> int:
     return min(limits)
 
 
-def _model_labels(model: Any) -> list[str]:
+def model_labels(model: Any) -> list[str]:
     """The model's labels in id order (config.id2label), each checked to be a BIO tag."""
     id2label = getattr(getattr(model, "config", None), "id2label", None)
     if not id2label:
@@ -153,7 +153,7 @@ class NerPredictor:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}; it must be at least 1.")
         self.model, self.tokenizer = model, tokenizer
-        self.labels = _model_labels(model)
+        self.labels = model_labels(model)
         self.max_length = _default_window(model, tokenizer) if max_length is None else int(max_length)
         content = self.max_length - tokenizer.num_special_tokens_to_add(pair=False)
         if content < 1:
@@ -315,7 +315,7 @@ def model_card(
     `metrics` maps a split name to its scores, e.g. {"test": {"f1": 0.87, "precision": ...}};
     `limits` are sentences such as "trained on 1990s Reuters news; expect lower F1 on tweets".
     """
-    types = sorted({ner.split_tag(label)[1] for label in labels} - {None})
+    types = sorted(ner.entity_types(labels))
     lines = [
         "---",
         "library_name: transformers",
@@ -377,7 +377,7 @@ def save_ner_model(model: Any, tokenizer: Any, folder: str | Path, card: str | N
     and `transformers.AutoModelForTokenClassification.from_pretrained` load the folder."""
     from lmcourse.checkpoints import atomic_save_dir
 
-    _model_labels(model)  # refuse a model whose labels are not BIO tags before writing anything
+    model_labels(model)  # refuse a model whose labels are not BIO tags before writing anything
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)  # safetensors: transformers 5 writes no other format
@@ -416,16 +416,28 @@ def tags_from_entities(entities: Sequence[Entity], word_offsets: Sequence[tuple[
 
 
 def raw_text_scores(
-    predict: Any, sentences: Sequence[Sequence[str]], gold: Sequence[Sequence[str]],
+    found: Sequence[Sequence[Entity]], sentences: Sequence[Sequence[str]],
+    gold: Sequence[Sequence[str]],
 ) -> dict[str, float]:
-    """Entity-level scores (seqeval, as `lm.ner.entity_metrics`) of a raw-text predictor:
-    `predict(list of texts)` returns a list of entity lists (`NerPredictor.predict`, or anything
-    returning Entity-like objects). Each sentence is joined into raw text (`join_words`), its
-    entities read back as word tags (`tags_from_entities`) and compared with `gold` (tag strings)."""
-    texts, offsets = zip(*(join_words(s) for s in sentences)) if sentences else ((), ())
-    found = predict(list(texts))
-    pred = [tags_from_entities(ents, offs) for ents, offs in zip(found, offsets)]
+    """Entity-level scores (seqeval, as `lm.ner.entity_metrics`) of entities predicted on raw text:
+    `found[i]` holds the entities (Entity-like: type, start, end) of sentence i's words joined into
+    raw text by `join_words` (what `NerPredictor.predict` returns for those texts). They are read
+    back as word tags (`tags_from_entities`) and compared with `gold` (tag strings)."""
+    if len(found) != len(sentences):
+        raise ValueError(f"{len(found)} entity lists for {len(sentences)} sentences: predict on "
+                         "[join_words(s)[0] for s in sentences], one list per sentence.")
+    pred = [tags_from_entities(ents, join_words(words)[1]) for ents, words in zip(found, sentences)]
     return ner.entity_metrics([list(g) for g in gold], pred)
+
+
+def pipeline_entities(pipe: Any, texts: Sequence[str], batch_size: int = 16) -> list[list[Entity]]:
+    """The entities of each text from a transformers `pipeline("token-classification",
+    aggregation_strategy=...)`, as Entity objects, so that the pipeline and the predictor are
+    scored and compared the same way. The text of each entity is sliced from the input (the
+    pipeline's own `word` is rebuilt from tokens: lower-cased by an uncased tokenizer)."""
+    out = pipe(list(texts), batch_size=batch_size)
+    return [[Entity(r["entity_group"], int(r["start"]), int(r["end"]), t[int(r["start"]):int(r["end"])],
+                    float(r["score"])) for r in rows] for t, rows in zip(texts, out)]
 
 
 # --------------------------------------------------------------------------- lesson 07's model

@@ -281,7 +281,7 @@ def load_predictor(folder: str | Path, device: Any = None, **kwargs: Any) -> Ner
 
 def entity_types(labels: Iterable[str]) -> list[str]:
     """The entity types of a model's BIO labels, sorted: ["LOC", "MISC", "ORG", "PER"] for CoNLL."""
-    return sorted({t for t in (ner.split_tag(label)[1] for label in labels) if t is not None})
+    return sorted(ner.entity_types(list(labels)))
 
 
 # --------------------------------------------------------------------------- redaction

@@ -133,6 +133,12 @@ def test_predictions_equal_the_pipeline_on_conll(model, tokenizer, pipeline):
             compared += 1
             multi_word += " " in e.text
     assert compared >= 100 and multi_word >= 10  # the comparison means something
+    from lmcourse.predict import pipeline_entities
+
+    as_entities = pipeline_entities(pipeline, texts[:20], batch_size=8)
+    assert [[(e.type, e.start, e.end, e.text) for e in row] for row in as_entities] == \
+        [[(r["entity_group"], r["start"], r["end"], t[r["start"]:r["end"]]) for r in rows]
+         for t, rows in zip(texts[:20], want[:20])]
 
 
 def test_aggregate_spans_equals_the_pipelines_grouping_on_random_tags(pipeline):
@@ -378,11 +384,13 @@ def test_tags_from_entities_and_raw_text_scores():
     assert tags == ["O", "B-LOC", "O", "B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O"]
     gold = [tags, ["O", "B-ORG"]]
     sentences = [words, ["the", "Acme"]]
-    perfect = raw_text_scores(lambda texts: [ents, [Entity("ORG", 4, 8, "Acme", 1.0)]], sentences, gold)
+    perfect = raw_text_scores([ents, [Entity("ORG", 4, 8, "Acme", 1.0)]], sentences, gold)
     assert perfect["f1"] == 1.0
-    half = raw_text_scores(lambda texts: [ents[:1], []], sentences, gold)  # 1 of 4 found, no false alarm
+    half = raw_text_scores([ents[:1], []], sentences, gold)  # 1 of 4 found, no false alarm
     assert (half["precision"], half["recall"]) == (1.0, 0.25)
-    assert raw_text_scores(lambda texts: [], [], [])["f1"] == 0.0
+    assert raw_text_scores([], [], [])["f1"] == 0.0
+    with pytest.raises(ValueError, match="1 entity lists for 2 sentences"):
+        raw_text_scores([ents], sentences, gold)
 
 
 def test_the_recipe_lesson_08_reruns_is_lesson_07s(monkeypatch):
