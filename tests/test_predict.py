@@ -435,3 +435,20 @@ def test_from_pretrained_loads_a_folder_with_pruned_heads(tmp_path, model, token
     assert compress.heads_per_layer(loaded.model)[:4] == [10, 12, 12, 11]
     text = "Angela Merkel met Emmanuel Macron in Paris."
     _assert_same(loaded.predict(text), NerPredictor(pruned, tokenizer, device="cpu").predict(text))
+
+
+def test_top_label_is_softmax_argmax_and_its_probability():
+    """lm.predict.top_label equals torch's softmax then max, including ties and large logits."""
+    import torch
+
+    from lmcourse.predict import top_label
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 9, generator=g) * 5
+    logits[0, 0] = 1000.0                         # all equal and huge: ties go to the first label
+    logits[1, 1, 4] = 1e4                         # one huge logit: probability 1, no overflow
+    labels, scores = top_label(logits)
+    want_scores, want_labels = torch.softmax(logits, -1).max(-1)
+    assert labels.tolist() == want_labels.tolist()
+    assert torch.allclose(torch.from_numpy(scores).float(), want_scores, atol=1e-6)
+    assert scores[1, 1] == 1.0 and labels[0, 0] == 0 and abs(scores[0, 0] - 1 / 9) < 1e-6
