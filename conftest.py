@@ -19,18 +19,19 @@ from pathlib import Path
 
 import pytest
 
-# Variables pointing at folders a test or a notebook may write; each gets a private folder.
-CACHE_VARIABLES = ("LMCOURSE_CACHE", "HF_HOME", "HF_DATASETS_CACHE")
+# Variables pointing at folders a test or a notebook may write (LMCOURSE_CACHE, HF_HOME,
+# HF_DATASETS_CACHE), and a private folder for each: the same as `lmcourse build` gives a notebook.
+from lmcourse.build import private_caches
+
+# A learner's copies of a lesson (NN_name.new.ipynb written by `lmcourse sync` beside a notebook
+# edited by hand, NN_name.mine.ipynb) are not part of the course: never executed as tests.
+collect_ignore_glob = ["notebooks/*.*.ipynb"]
+
 _private: dict[str, Path] = {}  # "root" -> this process's folder
 
 _cells: dict[str, list[float]] = defaultdict(list)
 _failed: set[str] = set()
 _span: dict[str, list[float]] = {}
-
-
-def private_caches(root: Path) -> dict[str, str]:
-    """A folder below `root` for each cache variable."""
-    return {name: str(root / name.lower()) for name in CACHE_VARIABLES}
 
 
 def pytest_configure(config):

@@ -21,10 +21,11 @@ from lmcourse.config import (
     setup,
 )
 from lmcourse.exercises import check
+from lmcourse.learner_progress import progress
 
 __all__ = [
     "Config", "autocast", "autocast_dtype", "check", "get_device", "get_mode", "is_offline",
-    "needs_grad_scaler", "seed_everything", "setup",
+    "needs_grad_scaler", "progress", "seed_everything", "setup",
 ]
 
 __version__ = "0.1.0"

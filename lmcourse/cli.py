@@ -1,5 +1,7 @@
 """The `lmcourse` command: `lmcourse doctor` checks the environment, `lmcourse sync` regenerates
-learner notebooks from solutions, `lmcourse serve FOLDER` serves a NER model over HTTP."""
+learner notebooks from solutions, `lmcourse build` executes notebooks into a folder with a time
+table, `lmcourse grade NOTEBOOKS` grades learners' notebooks, `lmcourse progress` lists the exercises
+passed, `lmcourse serve FOLDER` serves a NER model over HTTP."""
 
 from __future__ import annotations
 
@@ -25,9 +27,33 @@ def main(argv: list[str] | None = None) -> int:
     doc.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the Hub probe")
     sy = sub.add_parser("sync", help="generate notebooks/ from solutions/")
     sy.add_argument("--check", action="store_true", help="change nothing; exit 1 if out of date")
+    sy.add_argument("--force", action="store_true", help="also overwrite learner notebooks edited "
+                    "by hand (default: keep them and write NN_name.new.ipynb beside)")
     sy.add_argument("--root", type=Path, default=None, help="the course folder (default: found upward)")
     _add_serve(sub)
+    from lmcourse.build import add_parser as _add_build
+
+    _add_build(sub)
+    from lmcourse.grading import add_parser as _add_grade
+
+    _add_grade(sub)
+    sub.add_parser("progress", help="show which exercises you have passed (from lm.check)")
     args = parser.parse_args(argv)
+
+    if args.command == "grade":
+        from lmcourse.grading import main as grade_main
+
+        return grade_main(args)
+    if args.command == "progress":
+        from lmcourse.learner_progress import progress
+
+        progress()
+        return 0
+
+    if args.command == "build":
+        from lmcourse.build import main as build_main
+
+        return build_main(args)
 
     if args.command == "serve":
         return _serve(args)
@@ -37,21 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         report = doctor(timeout=args.timeout)
         return 0 if report.ok else 1
 
-    from lmcourse.notebooks import sync
+    from lmcourse.notebooks import sync_command
 
-    root = args.root or _find_root(Path.cwd())
-    report = sync(root, check=args.check)
-    for path in report.changed:
-        verb = "out of date" if args.check else "wrote"
-        print(f"{verb}: {path.relative_to(root)}")
-    for path in report.orphans:
-        print(f"no solution for: {path.relative_to(root)} (delete it or add solutions/{path.name})")
-    if args.check and not report.ok:
-        print("Run `lmcourse sync` to regenerate notebooks/ from solutions/.")
-        return 1
-    if not report.changed:
-        print("notebooks/ is up to date with solutions/.")
-    return 0 if not report.orphans else 1
+    return sync_command(args.root or _find_root(Path.cwd()), check=args.check, force=args.force)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:

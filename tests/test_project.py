@@ -107,3 +107,51 @@ def test_package_data_named_in_pyproject_exists():
     for package, files in data.items():
         for name in files:
             assert (ROOT / package / name).is_file(), f"pyproject ships {package}/{name}, which is missing"
+
+
+# --------------------------------------------------------------------------- the GitHub workflow
+
+
+def _readme_test_command() -> str:
+    """The command in the README's bash block under "Run the whole test suite"."""
+    readme = (ROOT / "README.md").read_text()
+    m = re.search(r"\*\*Run the whole test suite\*\*.*?```bash\n(.+?)\n```", readme, re.S)
+    assert m, "README's quick start must show the test command in a bash block"
+    return m.group(1).strip()
+
+
+def _workflow_steps() -> tuple[dict, list[dict]]:
+    wf = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    (job,) = wf["jobs"].values()
+    return wf, job["steps"]
+
+
+def _step_index(steps: list[dict], pattern: str) -> int:
+    found = [i for i, s in enumerate(steps) if re.search(pattern, s.get("run", ""), re.M)]
+    assert found, f"no workflow step runs {pattern!r}"
+    return found[0]
+
+
+def test_github_workflow_runs_the_readme_test_command_after_cpu_torch():
+    wf, steps = _workflow_steps()
+    triggers = wf.get("on", wf.get(True))  # YAML 1.1 reads a bare `on` key as True
+    assert {"push", "pull_request", "workflow_dispatch"} <= set(triggers)
+    command = _readme_test_command()
+    test = _step_index(steps, rf"^\s*{re.escape(command)}\s*$")
+    default_torch = re.search(r"LMCOURSE_TORCH:-(torch==[\w.]+)", (ROOT / "course").read_text()).group(1)
+    torch = _step_index(steps, rf"pip install .*{re.escape(default_torch)} "
+                               r"--index-url https://download\.pytorch\.org/whl/cpu")
+    assert torch < test, "CPU torch must be installed before the test command"
+    assert re.search(r"python -m venv \.venv", steps[torch]["run"]), \
+        "torch goes into the .venv that `bash course` uses"
+    setup = next(s for s in steps if s.get("uses", "").startswith("actions/setup-python"))
+    assert str(setup["with"]["python-version"]) == "3.11"
+
+
+def test_github_workflow_builds_and_uploads_the_executed_notebooks():
+    _, steps = _workflow_steps()
+    build = _step_index(steps, r"lmcourse build --mode smoke\b")
+    out = re.search(r"--out (\S+)", steps[build]["run"]).group(1)
+    upload = next(i for i, s in enumerate(steps) if s.get("uses", "").startswith("actions/upload-artifact"))
+    assert build > _step_index(steps, rf"^\s*{re.escape(_readme_test_command())}\s*$") and upload > build
+    assert steps[upload]["with"]["path"].rstrip("/") == out.rstrip("/")

@@ -3,8 +3,9 @@ their registry.
 
 Each lesson module calls `register` for each of its exercises; the modules are imported the first
 time an exercise is looked up, so a new lesson adds a module and nothing else needs editing.
-`check("key", fn)` (exported as ``lm.check``) checks a learner's function against an exercise;
-the checking itself is `lmcourse.checker`.
+`check("key", fn)` (exported as ``lm.check``) checks a learner's function against an exercise
+and records a pass in the learner's progress file (`lmcourse.learner_progress`); the checking
+itself is `lmcourse.checker`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from types import ModuleType
 from lmcourse import checker
 from lmcourse.checker import CheckResult, Exercise
 from lmcourse.config import ENV_STRICT, env_flag
+from lmcourse.learner_progress import record_pass
 
 __all__ = ["check", "evaluate", "exercises", "get", "register"]
 
@@ -65,7 +67,7 @@ def evaluate(key: str, fn: Callable) -> CheckResult:
 
 
 def check(key: str, fn: Callable) -> CheckResult:
-    """Check a learner's function against exercise `key`, print the verdict, and return it."""
+    """Check a learner's function against exercise `key`; print, record (if passed) and return the verdict."""
     try:
         exercise = get(key)
     except KeyError as e:  # a typo in the key: say so, and never stop the lesson
@@ -74,7 +76,10 @@ def check(key: str, fn: Callable) -> CheckResult:
         if env_flag(ENV_STRICT):
             raise AssertionError(f"{ENV_STRICT}=1 and exercise {key!r} failed:\n{result.message}") from None
         return result
-    return checker.check(exercise, fn)
+    result = checker.check(exercise, fn)
+    if result.passed:
+        record_pass(key, exercise.lesson)  # never raises: the progress file is optional
+    return result
 
 
 def __getattr__(name: str) -> ModuleType:
