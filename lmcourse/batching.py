@@ -61,7 +61,8 @@ def labelled_count(batch: Any, shifted: bool = False) -> int:
     labels = batch.get("labels") if isinstance(batch, Mapping) else None
     if not isinstance(labels, torch.Tensor):
         raise TypeError("Counting labelled tokens needs a batch dict with a `labels` tensor; "
-                        "average the loss per example instead (eval_loss_per='example').")
+                        "average the loss per example instead (TrainConfig eval_loss_per='example', "
+                        "train_loss_per='example').")
     if shifted:
         labels = labels[..., 1:]
     return int((labels != IGNORE_INDEX).sum())

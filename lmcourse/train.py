@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
-from lmcourse import config
+from lmcourse import config, distributed
 from lmcourse.batching import batch_size_of, epoch_order, labelled_count, to_device
 from lmcourse.checkpoints import (
     STEP_PREFIX,
@@ -49,6 +49,11 @@ SCHEDULES = ("constant", "linear", "cosine")
 #   auto        token-level labels (2-D or more) -> next_token for a transformers causal LM called
 #               without loss_fn, else token; anything else -> example
 EVAL_LOSS_UNITS = ("auto", "token", "next_token", "example")
+# How one optimizer step weights its micro-batches (TrainConfig.train_loss_per): the units above,
+# each micro-batch's mean loss weighted by what it averages over, so the step's loss (and gradient)
+# is that of the whole accumulated batch of every process; or
+#   micro_batch  every micro-batch's mean counts the same (exact only when they hold equal counts)
+TRAIN_LOSS_UNITS = (*EVAL_LOSS_UNITS, "micro_batch")
 WEIGHTS_FILE = "model.safetensors"   # the model's parameters and buffers (safetensors)
 STATE_FILE = "trainer_state.pt"      # optimizer, scheduler, scaler, RNG, step, data position
 INFO_FILE = "trainer_config.json"    # the TrainConfig, for people reading the folder
@@ -68,8 +73,19 @@ class TrainConfig:
 
     max_steps: int = 100           # optimizer steps in the whole run (the schedule spans them)
     epochs: float | None = None    # if set (map-style data only), max_steps = epochs x steps per epoch
-    batch_size: int = 16           # examples per micro-batch
+    batch_size: int = 16           # examples per micro-batch (per process under torchrun: the
+    #                                global batch is batch_size x grad_accum_steps x processes)
     grad_accum_steps: int = 1      # micro-batches whose gradients add up to one optimizer step
+    #                                (fewer in the last step of an epoch when the epoch runs out)
+    train_loss_per: str = "auto"   # how a step weights its micro-batches' losses: token |
+    #                                next_token | example | auto (as eval_loss_per) | micro_batch
+    #                                (see TRAIN_LOSS_UNITS); anything but micro_batch makes the step
+    #                                exactly one step on the whole accumulated batch
+    gradient_checkpointing: bool = False  # recompute each block's activations in the backward
+    #                                pass instead of keeping them (lm.transformer.set_gradient_
+    #                                checkpointing): less memory, one more forward pass of time
+    find_unused_parameters: bool = False  # under torchrun: DistributedDataParallel's option, for
+    #                                models whose forward leaves some parameters out
     eval_batch_size: int | None = None  # examples per evaluation batch; None: batch_size
     lr: float = 3e-4               # peak learning rate, reached at the end of warmup
     weight_decay: float = 0.01     # AdamW's decoupled decay; never on biases and norm weights
@@ -114,6 +130,9 @@ class TrainConfig:
         if self.eval_loss_per not in EVAL_LOSS_UNITS:
             raise config.ConfigError(f"eval_loss_per={self.eval_loss_per!r}; choose one of "
                                      f"{EVAL_LOSS_UNITS}.")
+        if self.train_loss_per not in TRAIN_LOSS_UNITS:
+            raise config.ConfigError(f"train_loss_per={self.train_loss_per!r}; choose one of "
+                                     f"{TRAIN_LOSS_UNITS}.")
         for name in ("eval_every", "save_every", "log_every", "max_eval_batches"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -294,6 +313,14 @@ class Trainer:
     knows the position inside the epoch, so a checkpoint resumes exactly where the run was.
     A batch is a dict passed as `model(**batch)`; the loss is read with `get_loss`, unless
     `loss_fn(model, batch)` is given (it returns the loss, or a tuple (loss, logits)).
+
+    Under `torchrun` the same code trains data-parallel: the trainer joins the process group
+    (`lm.distributed.init`: each process on its own GPU with NCCL, or on the CPU with Gloo), wraps
+    the model in DistributedDataParallel (`ddp_model`; `model` stays the plain module, and a
+    `loss_fn` gets the wrapped one during training), gives each process its share of every batch,
+    reduces evaluation over the processes, and leaves progress bars and checkpoint files to rank 0.
+    Callbacks run on every process; one that prints or writes checks
+    `lm.distributed.is_main_process()`.
     """
 
     def __init__(
@@ -312,7 +339,14 @@ class Trainer:
         preprocess_logits: Callable[[torch.Tensor, Batch], torch.Tensor] | None = None,
     ) -> None:
         self.cfg = cfg if cfg is not None else TrainConfig()
-        self.device = config.get_device(device)
+        # joins torchrun's process group if there is one; the device is then this process's own
+        self.device = distributed.init(device)
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.is_main = self.rank == 0  # logs, shows progress and writes checkpoints
+        if self.cfg.gradient_checkpointing:
+            from lmcourse.transformer import set_gradient_checkpointing
+
+            set_gradient_checkpointing(model, True)
         self.model = model.to(self.device)
         self.train_data = train_data
         self.eval_data = eval_data
@@ -337,6 +371,18 @@ class Trainer:
         self._best_weights: dict[str, torch.Tensor] | None = None
         self._batches: Iterator[Batch] | None = None
         self.last_eval_loss_unit: str | None = None  # what the last evaluate() averaged over
+        self.last_train_loss_unit: str | None = None  # what the last step's loss averaged over
+        self.checkpoints_written: list[Path] = []  # folders this process wrote (rank 0's only)
+        # one process group, every process holding a replica: DDP averages the gradients in the
+        # backward pass (and starts all replicas from rank 0's weights)
+        self.ddp_model: nn.Module | None = None
+        if distributed.is_initialized():
+            from torch.nn.parallel import DistributedDataParallel
+
+            index = self.device.index  # a GPU's number; None on a CPU
+            self.ddp_model = DistributedDataParallel(
+                self.model, device_ids=[index] if index is not None else None,
+                find_unused_parameters=self.cfg.find_unused_parameters)
 
     # ----------------------------------------------------------------- data
 
@@ -347,9 +393,9 @@ class Trainer:
         if not _is_map_style(self.train_data):
             raise config.ConfigError("epochs= needs map-style train_data (with a length); "
                                      "set max_steps instead.")
-        n = len(self.train_data)
-        per_epoch = n // cfg.batch_size if cfg.drop_last else math.ceil(n / cfg.batch_size)
-        return max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum_steps))
+        per_epoch = len(self.epoch_indices(0))  # this process's micro-batches in an epoch
+        steps_per_epoch = math.ceil(per_epoch / cfg.grad_accum_steps)  # the last may be short
+        return max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
     def _loader(self, data: Any, batches: list[list[int]]) -> DataLoader:
         # our own generator: a DataLoader draws a seed from it when iterated, and drawing from the
@@ -358,21 +404,32 @@ class Trainer:
                           num_workers=self.cfg.num_workers, generator=torch.Generator(),
                           pin_memory=self.device.type == "cuda")
 
+    def epoch_indices(self, epoch: int) -> list[list[int]]:
+        """The example indices of this process's micro-batches in `epoch` (map-style data).
+
+        The epoch's order (seeded by cfg.seed and epoch) is cut into global batches of
+        batch_size x processes; each process takes its share of each (`lm.distributed.
+        shard_batches`). On one process: the order cut into batches of batch_size.
+        """
+        cfg = self.cfg
+        order = epoch_order(len(self.train_data), cfg.seed, epoch, cfg.shuffle)
+        return distributed.shard_batches(order, cfg.batch_size, cfg.drop_last,
+                                         self.rank, self.world_size)
+
     def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        """The training batches of `epoch`, from micro-batch number `start` on."""
-        data, cfg = self.train_data, self.cfg
+        """This process's training batches of `epoch`, from micro-batch number `start` on."""
+        data = self.train_data
         if data is None:
             raise config.ConfigError("Trainer has no train_data.")
         if not _is_map_style(data):  # a factory: epoch -> iterable of batches
-            return itertools.islice(iter(data(epoch)), start, None)
-        order = epoch_order(len(data), cfg.seed, epoch, cfg.shuffle)
-        bs = cfg.batch_size
-        batches = [order[i:i + bs] for i in range(0, len(order), bs)]
-        if cfg.drop_last and batches and len(batches[-1]) < bs:
-            batches.pop()
-        return iter(self._loader(data, batches[start:]))
+            # every process reads the same stream (and draws the same random numbers making it)
+            # and keeps every world_size-th batch
+            mine = distributed.shard_round_robin(iter(data(epoch)), self.rank, self.world_size)
+            return itertools.islice(mine, start, None)
+        return iter(self._loader(data, self.epoch_indices(epoch)[start:]))
 
-    def _next_batch(self) -> Batch:
+    def _next_batch(self, within_epoch: bool = False) -> Batch | None:
+        """The next micro-batch; with `within_epoch`, None where the current epoch runs out."""
         for _ in range(2):  # at most one epoch boundary per micro-batch
             if self._batches is None:
                 self._batches = self.epoch_batches(self.state.epoch, self.state.batch_in_epoch)
@@ -384,12 +441,27 @@ class Trainer:
                     break
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
+                if within_epoch:
+                    return None
                 continue
             self.state.batch_in_epoch += 1
             return batch
         raise config.ConfigError(
             f"Epoch {self.state.epoch} has no batches: the training data is smaller than "
-            f"batch_size={self.cfg.batch_size} (with drop_last={self.cfg.drop_last}).")
+            f"batch_size={self.cfg.batch_size} x {self.world_size} process(es) "
+            f"(with drop_last={self.cfg.drop_last}).")
+
+    def next_window(self) -> list[Batch]:
+        """The micro-batches of the next optimizer step: grad_accum_steps of them, fewer when the
+        epoch runs out first (an accumulation window never spans two epochs, so k micro-batches
+        of n examples are one batch of k x n, also at the end of an epoch)."""
+        window = [self._next_batch()]
+        while len(window) < self.cfg.grad_accum_steps:
+            batch = self._next_batch(within_epoch=True)
+            if batch is None:
+                break
+            window.append(batch)
+        return window
 
     # ----------------------------------------------------------------- one step
 
@@ -399,10 +471,12 @@ class Trainer:
             return contextlib.nullcontext()
         return config.autocast(self.device, dtype=self.amp_dtype)
 
-    def compute_loss(self, batch: Batch) -> tuple[torch.Tensor, Any]:
-        """(loss, output) for one batch already on the device."""
+    def compute_loss(self, batch: Batch, model: nn.Module | None = None) -> tuple[torch.Tensor, Any]:
+        """(loss, output) for one batch already on the device; `model` defaults to self.model
+        (the training step passes the DistributedDataParallel wrapper under torchrun)."""
+        model = self.model if model is None else model
         if self.loss_fn is not None:
-            res = self.loss_fn(self.model, batch)
+            res = self.loss_fn(model, batch)
             if isinstance(res, tuple):  # (loss, logits)
                 return res[0], res[1]
             if isinstance(res, torch.Tensor):
@@ -411,27 +485,67 @@ class Trainer:
         if not isinstance(batch, Mapping):
             raise TypeError(f"A batch must be a dict (passed as model(**batch)), got "
                             f"{type(batch).__name__}; or pass loss_fn=....")
-        out = self.model(**batch)
+        out = model(**batch)
         return get_loss(out), out
 
+    def train_loss_unit(self, batch: Batch) -> str:
+        """What a training step's loss averages over for batches like `batch`: token, next_token,
+        example or micro_batch (cfg.train_loss_per, "auto" resolved as for evaluation)."""
+        unit = self.cfg.train_loss_per
+        if unit == "auto":
+            return self._resolve_auto(batch)
+        return unit
+
+    def _no_sync(self, skip: bool) -> contextlib.AbstractContextManager:
+        # DDP all-reduces gradients in every backward; within an accumulation window only the
+        # last micro-batch's backward needs to (the others' gradients just add up locally)
+        if skip and self.ddp_model is not None:
+            return self.ddp_model.no_sync()
+        return contextlib.nullcontext()
+
     def train_step(self) -> dict[str, float]:
-        """One optimizer step over grad_accum_steps micro-batches; returns its history record."""
+        """One optimizer step over the next accumulation window; returns its history record.
+
+        The step's loss is that of the window's micro-batches on every process taken as one batch:
+
+            L = sum_{r,i} n_ri L_ri / N,    N = sum_{r,i} n_ri
+
+        where L_ri is the mean loss the model returns for micro-batch i of process r and n_ri
+        what that mean is over (its labelled tokens for a token-level loss; its examples for a
+        per-example one; see `train_loss_unit`). Dividing each micro-batch's mean by the window's
+        count k instead would be exact only when every micro-batch holds the same count; with
+        token labels (MLM, NER, padded causal LM) they rarely do. N is summed over the processes
+        (one all-reduce of a number) before the backward passes. DDP averages the processes'
+        gradients (divides their sum by W), so each process backpropagates W n_ri / N x L_ri;
+        the average over processes is then exactly dL. A short window (an epoch's end) just has
+        a smaller N. A micro-batch without a labelled token has weight 0 (its mean is nan).
+        """
         cfg, model, opt = self.cfg, self.model, self.optimizer
         model.train()
         opt.zero_grad(set_to_none=True)  # zeroed first, so the grads stay readable after a step
-        total = torch.zeros((), device=self.device)
-        for _ in range(cfg.grad_accum_steps):
-            batch = to_device(self._next_batch(), self.device)
-            with self.autocast():
-                loss, _ = self.compute_loss(batch)
-            loss = loss.float()
-            # mean over micro-batches, so k micro-batches of n equal one batch of k*n
-            scaled = loss / cfg.grad_accum_steps
-            if self.scaler is not None:
-                self.scaler.scale(scaled).backward()
-            else:
-                scaled.backward()
-            total += loss.detach()  # summed on the device: one sync per step, not per micro-batch
+        window = self.next_window()
+        unit = self.train_loss_unit(window[0])
+        self.last_train_loss_unit = unit
+        counts = [1 if unit == "micro_batch" else self._loss_weight(b, unit) for b in window]
+        total_count = distributed.all_reduce_sum(sum(counts))  # N, over every process
+        forward_model = self.ddp_model if self.ddp_model is not None else model
+        losses = []
+        for i, (cpu_batch, n) in enumerate(zip(window, counts)):
+            batch = to_device(cpu_batch, self.device)
+            with self._no_sync(i < len(window) - 1):  # the forward too: DDP prepares in it
+                with self.autocast():
+                    loss, _ = self.compute_loss(batch, forward_model)
+                loss = loss.float()
+                if n == 0:
+                    loss = loss.nan_to_num(0.0)  # no labelled token: nan, and a zero gradient
+                scaled = loss * (n * self.world_size / total_count if total_count else 0.0)
+                if self.scaler is not None:
+                    self.scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+            losses.append(loss.detach())
+        values = torch.stack(losses).tolist()  # one sync per step, not one per micro-batch
+        loss_sum = distributed.all_reduce_sum(sum(n * v for n, v in zip(counts, values)))
         if self.scaler is not None:
             self.scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
         params = [p for group in opt.param_groups for p in group["params"]]
@@ -446,7 +560,8 @@ class Trainer:
         self.scheduler.step()
         self.state.step += 1
         record = {"step": self.state.step, "epoch": self.state.epoch,
-                  "loss": total.item() / cfg.grad_accum_steps, "lr": lr, "grad_norm": grad_norm}
+                  "loss": loss_sum / total_count if total_count else math.nan,
+                  "lr": lr, "grad_norm": grad_norm}
         self.history.train.append(record)
         return record
 
@@ -466,8 +581,9 @@ class Trainer:
         """What eval_loss averages over for batches like `batch`: token, next_token or example
         (cfg.eval_loss_per, with "auto" resolved as EVAL_LOSS_UNITS describes)."""
         unit = self.cfg.eval_loss_per
-        if unit != "auto":
-            return unit
+        return self._resolve_auto(batch) if unit == "auto" else unit
+
+    def _resolve_auto(self, batch: Batch) -> str:
         labels = batch.get("labels") if isinstance(batch, Mapping) else None
         if not isinstance(labels, torch.Tensor) or labels.ndim < 2:
             return "example"
@@ -481,6 +597,19 @@ class Trainer:
             return batch_size_of(batch) or 1
         return labelled_count(batch, shifted=unit == "next_token")
 
+    def _my_eval_batches(self, data: Any) -> tuple[Iterator[Batch], int | None]:
+        """This process's evaluation batches (every world_size-th of the first max_eval_batches)
+        and how many there are, where that is known."""
+        cap, r, w = self.cfg.max_eval_batches, self.rank, self.world_size
+        if _is_map_style(data):  # only this process's batches are ever collated
+            bs = self.cfg.eval_batch_size or self.cfg.batch_size
+            n = len(data)
+            mine = [list(range(i, min(i + bs, n))) for i in range(0, n, bs)][:cap][r::w]
+            return iter(self._loader(data, mine)), len(mine)
+        batches = itertools.islice(self.eval_batches(data), cap)
+        total = None if cap is None else len(range(r, cap, w))
+        return itertools.islice(batches, r, None, w), total
+
     @torch.no_grad()
     def evaluate(self, data: Any = None) -> dict[str, float]:
         """eval_loss and eval_<name> for every metric of metrics_fn.
@@ -489,6 +618,11 @@ class Trainer:
         batch's mean is weighted by what it averaged over, so eval_loss is the loss of the whole
         eval set taken as one batch, however it is cut into batches and padded. What it averages
         over (`eval_loss_unit`) is kept in `self.last_eval_loss_unit`.
+
+        Under torchrun each process evaluates every world_size-th batch; the sums of losses and
+        counts are added up over the processes, and metrics_fn sees every process's logits and
+        batches in the one-process order, so every process gets the one-process result (every
+        process must call evaluate).
         """
         data = self.eval_data if data is None else data
         if data is None:
@@ -499,12 +633,9 @@ class Trainer:
         unit: str | None = None
         logits_all: list[Any] = []
         batches_all: list[Batch] = []
-        batches = itertools.islice(self.eval_batches(data), self.cfg.max_eval_batches)
-        total = self.cfg.max_eval_batches
-        if _is_map_style(data):
-            n_batches = math.ceil(len(data) / (self.cfg.eval_batch_size or self.cfg.batch_size))
-            total = n_batches if total is None else min(total, n_batches)
-        bar = tqdm(batches, total=total, desc="eval", leave=False, disable=not self.cfg.progress)
+        batches, total = self._my_eval_batches(data)
+        bar = tqdm(batches, total=total, desc="eval", leave=False,
+                   disable=not (self.cfg.progress and self.is_main))
         for cpu_batch in bar:
             batch = to_device(cpu_batch, self.device)
             with self.autocast():
@@ -528,6 +659,12 @@ class Trainer:
                 batches_all.append(cpu_batch)
         if was_training:
             self.model.train()
+        if self.world_size > 1:  # the whole eval set's sums, logits and batches on every process
+            loss_sum, n_sum = distributed.all_reduce_sum([loss_sum, n_sum])
+            shards = distributed.all_gather_objects((unit, logits_all, batches_all))
+            unit = next((u for u, _, _ in shards if u is not None), None)
+            logits_all = distributed.interleave([lg for _, lg, _ in shards])
+            batches_all = distributed.interleave([b for _, _, b in shards])
         self.last_eval_loss_unit = unit
         result = {"eval_loss": loss_sum / n_sum if n_sum else math.nan}
         if self.metrics_fn is not None:
@@ -563,7 +700,8 @@ class Trainer:
         """Run until total_steps (or `steps` more steps, or early stopping); returns the history."""
         cfg, st = self.cfg, self.state
         end = self.total_steps if steps is None else min(self.total_steps, st.step + steps)
-        bar = tqdm(total=self.total_steps, initial=st.step, desc="train", disable=not cfg.progress)
+        bar = tqdm(total=self.total_steps, initial=st.step, desc="train",
+                   disable=not (cfg.progress and self.is_main))
         try:
             while st.step < end and not st.stopped_early:
                 record = self.train_step()
@@ -576,7 +714,7 @@ class Trainer:
                     self.history.eval.append({"step": st.step, **metrics})
                     record = {**record, **metrics}
                     self._early_stopping(metrics)
-                    if cfg.progress:
+                    if cfg.progress and self.is_main:
                         bar.write(f"step {st.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
                 for cb in self.callbacks:
                     cb(self, record)
@@ -620,7 +758,8 @@ class Trainer:
         self._batches = None  # rebuilt from (epoch, batch_in_epoch) on the next step
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
-        """Write weights (safetensors) and trainer state (torch.save) atomically; prune old ones."""
+        """Write weights (safetensors) and trainer state (torch.save) atomically; prune old ones
+        (rank 0 writes; under torchrun every process must call it)."""
         if path is None:
             if not self.cfg.checkpoint_dir:
                 raise config.ConfigError("No checkpoint path: pass one or set cfg.checkpoint_dir.")
@@ -635,11 +774,16 @@ class Trainer:
             torch.save(sd, tmp / STATE_FILE)
             (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
 
-        remove_stale_temps(path.parent, f"{STEP_PREFIX}*" if is_step_folder(path) else path.name)
-        atomic_save_dir(path, write)
-        if self.cfg.keep_last and is_step_folder(path):
-            for old in list_checkpoints(path.parent)[:-self.cfg.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+        # under torchrun every replica holds the same weights and optimizer state: one writer,
+        # and the others wait for it, so none runs ahead (or loads) before the folder is there
+        if self.is_main:
+            remove_stale_temps(path.parent, f"{STEP_PREFIX}*" if is_step_folder(path) else path.name)
+            atomic_save_dir(path, write)
+            self.checkpoints_written.append(path)
+            if self.cfg.keep_last and is_step_folder(path):
+                for old in list_checkpoints(path.parent)[:-self.cfg.keep_last]:
+                    shutil.rmtree(old, ignore_errors=True)
+        distributed.barrier()
         return path
 
     def load_checkpoint(self, path: str | Path) -> Path:

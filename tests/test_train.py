@@ -333,6 +333,96 @@ def test_grad_accumulation_equals_one_big_batch():
     torch.testing.assert_close(params[0], params[1], rtol=1e-5, atol=1e-6)
 
 
+def tiny_bert_mlm():
+    from transformers import BertForMaskedLM
+
+    lm.seed_everything(0)
+    return BertForMaskedLM(BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2,
+                                      num_attention_heads=2, intermediate_size=37,
+                                      max_position_embeddings=16, hidden_dropout_prob=0.0,
+                                      attention_probs_dropout_prob=0.0))
+
+
+def causal_data():
+    data = ragged_token_data(n=9, every=4)
+    for e in data:  # causal LM: labels are the inputs (the model shifts them), padding excluded
+        e["labels"] = e["input_ids"].clone()
+    return data
+
+
+@pytest.mark.parametrize("make_model, make_data, unit", [
+    (tiny_bert_mlm, lambda: ragged_token_data(n=9, every=4), "token"),
+    (lambda: tiny_gpt(dropout=0.0), causal_data, "next_token"),
+])
+def test_grad_accumulation_of_token_losses_equals_one_big_batch(make_model, make_data, unit):
+    """k micro-batches holding uneven numbers of labelled tokens (some none, padding everywhere)
+    are one batch k times larger, also where an epoch's last window is short: 9 examples are
+    batches of 6 + 3, or windows of micro-batches (2 + 2 + 2) and (2 + 1). Two epochs."""
+    data = make_data()
+    runs = {}
+    for name, bs, k, per in (("big", 6, 1, "auto"), ("accumulated", 2, 3, "auto"),
+                             ("mean of micro-batches", 2, 3, "micro_batch")):
+        model = make_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)  # SGD: an update proportional to the grad
+        c = cfg_(epochs=2, batch_size=bs, grad_accum_steps=k, max_grad_norm=None, drop_last=False,
+                 train_loss_per=per)
+        t = tr.Trainer(model, c, data, collate_fn=pad_collate, optimizer=opt, device=CPU)
+        assert t.total_steps == 4  # 2 steps per epoch, the second one short
+        t.train()
+        runs[name] = (t, torch.cat([p.detach().flatten() for p in model.parameters()]))
+    big, acc = runs["big"][0], runs["accumulated"][0]
+    assert acc.last_train_loss_unit == unit and (acc.state.epoch, acc.state.batch_in_epoch) == (2, 0)
+    torch.testing.assert_close(runs["accumulated"][1], runs["big"][1], rtol=1e-5, atol=1e-6)
+    assert [r["loss"] for r in acc.history.train] == pytest.approx(
+        [r["loss"] for r in big.history.train], rel=1e-6)
+    # the loss of a step is the big batch's loss: the mean over all its labelled tokens
+    # dividing each micro-batch's mean by k instead is measurably off
+    off = (runs["mean of micro-batches"][1] - runs["big"][1]).abs().max().item()
+    assert off > 1e-3
+
+
+def test_accumulation_window_stops_at_the_end_of_an_epoch():
+    """5 micro-batches per epoch, k = 2: windows 2 + 2 + 1 in every epoch, also for a factory."""
+    data = regression_data(n=40)
+    c = cfg_(epochs=2, batch_size=8, grad_accum_steps=2)
+    t = tr.Trainer(Regressor(), c, data, device=CPU)
+    assert t.total_steps == 6
+    positions = []
+    t.callbacks.append(lambda tr_, rec: positions.append((tr_.state.epoch, tr_.state.batch_in_epoch)))
+    t.train()
+    assert positions == [(0, 2), (0, 4), (1, 0), (1, 2), (1, 4), (2, 0)]
+
+    def factory(epoch):
+        return [{"x": data.x[i:i + 8], "labels": data.y[i:i + 8]} for i in range(0, 40, 8)]
+
+    f = tr.Trainer(Regressor(), cfg_(max_steps=6, batch_size=8, grad_accum_steps=2), factory,
+                   device=CPU)
+    seen = []
+    f.callbacks.append(lambda tr_, rec: seen.append((tr_.state.epoch, tr_.state.batch_in_epoch)))
+    f.train()
+    assert seen == positions
+
+
+def test_a_micro_batch_without_labelled_tokens_weighs_nothing():
+    """Its mean loss is nan (0 / 0); the step's loss and gradient are the other micro-batch's."""
+    data = ragged_token_data(n=4, every=1)[:2] + ragged_token_data(n=4, every=2)[1:2]
+    assert [int((e["labels"] != -100).sum()) for e in data] == [0, 0, 2]
+    model = tiny_bert_mlm()
+    reference = tiny_bert_mlm()  # the same weights
+    t = tr.Trainer(model, cfg_(max_steps=1, batch_size=2, grad_accum_steps=2, shuffle=False,
+                               drop_last=False, max_grad_norm=None), data, collate_fn=pad_collate,
+                   device=CPU)
+    rec = t.train_step()
+    loss = reference(**pad_collate(data[2:])).loss
+    loss.backward()
+    assert rec["loss"] == pytest.approx(loss.item(), rel=1e-6)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        if q.grad is None:
+            assert p.grad is None or not p.grad.any(), name
+        else:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_clipping_caps_the_gradient_norm():
     lm.seed_everything(0)
     model = Regressor()
