@@ -1326,6 +1326,257 @@ def topp_transformers_style(logits, p):
     return logits.masked_fill(drop.scatter(-1, order, drop), NEG_INF)
 
 
+# --------------------------------------------------------------------------- 05 BPE: learning merges
+
+
+def _bpe_splits(word_counts):
+    return {w: list(w) for w in word_counts}
+
+
+def _bpe_pairs(splits, word_counts):
+    out = {}
+    for w, s in splits.items():
+        for p in zip(s, s[1:]):
+            out[p] = out.get(p, 0) + word_counts[w]
+    return out
+
+
+def _bpe_loop(word_counts, num_merges, pick=None, stop=lambda n: n < 1, extra=0):
+    splits, merges = _bpe_splits(word_counts), []
+    rank = {c: i for i, c in enumerate(sorted({c for w in word_counts for c in w}))}
+    pick = pick or (lambda c, r: min(c, key=lambda p: (-c[p], r[p[0]], r[p[1]])))
+    while len(merges) < num_merges + extra:
+        counts = _bpe_pairs(splits, word_counts)
+        if not counts:
+            break
+        best = pick(counts, rank)
+        if stop(counts[best]):
+            break
+        merges.append(best)
+        rank.setdefault(best[0] + best[1], len(rank))
+        for w, s in splits.items():
+            out, i = [], 0
+            while i < len(s):
+                if i + 1 < len(s) and (s[i], s[i + 1]) == best:
+                    out.append(s[i] + s[i + 1])
+                    i += 2
+                else:
+                    out.append(s[i])
+                    i += 1
+            splits[w] = out
+    return merges
+
+
+@wrong("bpe_learn_merges", r"pairs|\(left, right\)")
+def bpe_learn_merged_strings(word_counts, num_merges):
+    return [a + b for a, b in _bpe_loop(word_counts, num_merges)]
+
+
+@wrong("bpe_learn_merges", r"recount|earlier merges|no word holds")
+def bpe_learn_counted_once(word_counts, num_merges):
+    counts = _bpe_pairs(_bpe_splits(word_counts), word_counts)
+    return sorted(counts, key=lambda p: (-counts[p], p))[:num_merges]
+
+
+@wrong("bpe_learn_merges", r"tie|older|age")
+def bpe_learn_youngest_wins_ties(word_counts, num_merges):
+    return _bpe_loop(word_counts, num_merges,
+                     pick=lambda c, r: min(c, key=lambda p: (-c[p], -r[p[0]], -r[p[1]])))
+
+
+@wrong("bpe_learn_merges", r"most frequent|times")
+def bpe_learn_least_frequent(word_counts, num_merges):
+    return _bpe_loop(word_counts, num_merges,
+                     pick=lambda c, r: min(c, key=lambda p: (c[p], r[p[0]], r[p[1]])))
+
+
+@wrong("bpe_learn_merges", r"stop|possible")
+def bpe_learn_min_frequency_two(word_counts, num_merges):
+    return _bpe_loop(word_counts, num_merges, stop=lambda n: n < 2)
+
+
+@wrong("bpe_learn_merges", r"num_merges|stop after|expected")
+def bpe_learn_one_too_many(word_counts, num_merges):
+    return _bpe_loop(word_counts, num_merges, extra=1)
+
+
+@wrong("bpe_learn_merges", IN_PLACE)
+def bpe_learn_pops_words(word_counts, num_merges):
+    merges = _bpe_loop(word_counts, num_merges)
+    for w in [w for w in word_counts if len(w) < 2]:
+        del word_counts[w]  # one-character words hold no pair: dropped from the caller's dict
+    return merges
+
+
+@right("bpe_learn_merges")
+def bpe_learn_recount_every_step(word_counts, num_merges):
+    return _bpe_loop(word_counts, num_merges)
+
+
+# --------------------------------------------------------------------------- 05 BPE: encoding a word
+
+
+def _bpe_apply(symbols, a, b):
+    out, i = [], 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and symbols[i] == a and symbols[i + 1] == b:
+            out.append(a + b)
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return out
+
+
+@wrong("bpe_encode_word", r"order")
+def bpe_encode_reversed_merges(word, merges):
+    symbols = list(word)
+    for a, b in reversed(merges):
+        symbols = _bpe_apply(symbols, a, b)
+    return symbols
+
+
+@wrong("bpe_encode_word", r"list|\bstr\b")
+def bpe_encode_joined(word, merges):
+    symbols = list(word)
+    for a, b in merges:
+        symbols = _bpe_apply(symbols, a, b)
+    return " ".join(symbols)
+
+
+@wrong("bpe_encode_word", r"not applied|every merge")
+def bpe_encode_characters_only(word, merges):
+    return list(word)
+
+
+@wrong("bpe_encode_word", r"not applied|every merge")
+def bpe_encode_last_merge_skipped(word, merges):
+    symbols = list(word)
+    for a, b in merges[:-1]:
+        symbols = _bpe_apply(symbols, a, b)
+    return symbols
+
+
+@wrong("bpe_encode_word", r"order|not applied|merge")
+def bpe_encode_longest_token(word, merges):
+    vocab = set(word) | {a + b for a, b in merges}
+    out, start = [], 0
+    while start < len(word):
+        end = next(e for e in range(len(word), start, -1) if word[start:e] in vocab)
+        out.append(word[start:end])
+        start = end
+    return out
+
+
+@wrong("bpe_encode_word", r"spell|character")
+def bpe_encode_drops_unknown(word, merges):
+    known = {c for a, b in merges for c in a + b}
+    symbols = [c for c in word if c in known] if merges else list(word)
+    for a, b in merges:
+        symbols = _bpe_apply(symbols, a, b)
+    return symbols
+
+
+@right("bpe_encode_word")
+def bpe_encode_replay_in_order(word, merges):
+    symbols = list(word)
+    for a, b in merges:
+        symbols = _bpe_apply(symbols, a, b)
+    return symbols
+
+
+# --------------------------------------------------------------------------- 05 WordPiece: encoding a word
+
+
+def _wp_greedy(word, vocab, unk, prefix, max_chars, order=None, with_prefix=True, first_prefix=False):
+    if len(word) > max_chars:
+        return [unk]
+    out, start = [], 0
+    while start < len(word):
+        for end in (order or (lambda s: range(len(word), s, -1)))(start):
+            body = word[start:end]
+            piece = prefix + body if (start > 0 or first_prefix) else body
+            if piece in vocab:
+                out.append(piece if with_prefix else body)
+                start = end
+                break
+        else:
+            return [unk]
+    return out
+
+
+@wrong("wordpiece_encode_word", r"\bLEFT\b|from the left")
+def wordpiece_longest_suffix_first(word, vocab, unk="[UNK]", prefix="##", max_chars=100):
+    if len(word) > max_chars:
+        return [unk]
+    out, end = [], len(word)
+    while end > 0:
+        for start in range(0, end):
+            piece = word[start:end] if start == 0 else prefix + word[start:end]
+            if piece in vocab:
+                out.insert(0, piece)
+                end = start
+                break
+        else:
+            return [unk]
+    return out
+
+
+@wrong("wordpiece_encode_word", r"prefix|split|piece")
+def wordpiece_whole_words_only(word, vocab, unk="[UNK]", prefix="##", max_chars=100):
+    return [] if not word else ([word] if word in vocab else [unk])
+
+
+@wrong("wordpiece_encode_word", r"prefix")
+def wordpiece_prefix_not_returned(word, vocab, unk="[UNK]", prefix="##", max_chars=100):
+    return _wp_greedy(word, vocab, unk, prefix, max_chars, with_prefix=False)
+
+
+@wrong("wordpiece_encode_word", r"max_chars")
+def wordpiece_max_chars_ignored(word, vocab, unk="[UNK]", prefix="##", max_chars=100):
+    return _wp_greedy(word, vocab, unk, prefix, 10**9)
+
+
+@wrong("wordpiece_encode_word", r"unk|\[UNK\]")
+def wordpiece_nothing_for_unknown(word, vocab, unk="[UNK]", prefix="##", max_chars=100):
+    out = _wp_greedy(word, vocab, unk, prefix, max_chars)
+    return [] if out == [unk] else out
+
+
+@wrong("wordpiece_encode_word", r"empty|\[\]")
+def wordpiece_empty_is_unknown(word, vocab, unk="[UNK]", prefix="##", max_chars=100):
+    return [unk] if not word else _wp_greedy(word, vocab, unk, prefix, max_chars)
+
+
+@wrong("wordpiece_encode_word", r"first")
+def wordpiece_prefix_on_first_piece(word, vocab, unk="[UNK]", prefix="##", max_chars=100):
+    return _wp_greedy(word, vocab, unk, prefix, max_chars, first_prefix=True)
+
+
+@wrong("wordpiece_encode_word", r"list")
+def wordpiece_joined(word, vocab, unk="[UNK]", prefix="##", max_chars=100):
+    return " ".join(_wp_greedy(word, vocab, unk, prefix, max_chars))
+
+
+@right("wordpiece_encode_word")
+def wordpiece_recursive(word, vocab, unk="[UNK]", prefix="##", max_chars=100):
+    if len(word) > max_chars:
+        return [unk]
+
+    def rest(start):
+        if start == len(word):
+            return []
+        for end in range(len(word), start, -1):
+            piece = word[start:end] if start == 0 else prefix + word[start:end]
+            if piece in vocab:
+                tail = rest(end)
+                return None if tail is None else [piece] + tail
+        return None
+
+    out = rest(0)
+    return [unk] if out is None else out
+
+
 # --------------------------------------------------------------------------- 05b MLM masking
 
 
@@ -2478,6 +2729,485 @@ def ner_lora_minus_update(x, weight, bias, lora_A, lora_B, alpha):
 @right("ner_lora_forward")
 def ner_lora_merged_weight(x, weight, bias, lora_A, lora_B, alpha):
     return F.linear(x, weight + (alpha / lora_A.shape[0]) * lora_B @ lora_A, bias)
+
+
+# --------------------------------------------------------------------------- 05 decoding: generation with the KV cache
+
+
+def _gen_loop(model, ids, max_new_tokens, temperature, top_k, generator, window=None, choose=None):
+    """A cached generation loop; `window` crops past the context, `choose` picks the next tokens."""
+    n = model.cfg.block_size
+    window = n if window is None else window
+    cache = None
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            if ids.shape[1] > n:
+                logits = model(ids[:, -window:])
+            elif cache is None:
+                logits, cache = model(ids, use_cache=True)
+            else:
+                logits, cache = model(ids[:, -1:], cache=cache, use_cache=True)
+            nxt = choose(logits[:, -1, :].float(), temperature, top_k, generator)
+            ids = torch.cat([ids, nxt], dim=1)
+    return ids
+
+
+def _choose_ok(logits, temperature, top_k, generator):
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, NEG_INF)
+    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+
+
+@wrong("gpt_generate_cached", r"last position")
+def gen_first_position(model, ids, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+    n = model.cfg.block_size
+    cache = None
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            if ids.shape[1] > n:
+                logits = model(ids[:, -n:])
+            elif cache is None:
+                logits, cache = model(ids, use_cache=True)
+            else:
+                logits, cache = model(ids[:, -1:], cache=cache, use_cache=True)
+            ids = torch.cat([ids, _choose_ok(logits[:, 0].float(), temperature, top_k, generator)], dim=1)
+    return ids
+
+
+@wrong("gpt_generate_cached", r"block_size|context|window|positions")
+def gen_window_one_short(model, ids, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+    return _gen_loop(model, ids, max_new_tokens, temperature, top_k, generator,
+                     window=model.cfg.block_size - 1, choose=_choose_ok)
+
+
+@wrong("gpt_generate_cached", r"prompt|new tokens only")
+def gen_returns_new_tokens_only(model, ids, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+    out = _gen_loop(model, ids, max_new_tokens, temperature, top_k, generator, choose=_choose_ok)
+    return out[:, ids.shape[1]:]
+
+
+@wrong("gpt_generate_cached", r"argmax|division by 0|temperature 0")
+def gen_divides_before_greedy(model, ids, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+    def choose(logits, t, k, g):
+        logits = logits / t if t else logits / torch.zeros(())  # +-inf, nan where a logit is 0
+        if t == 0:
+            return logits.argmax(-1, keepdim=True)
+        return _choose_ok(logits * t, t, k, g)
+    return _gen_loop(model, ids, max_new_tokens, temperature, top_k, generator, choose=choose)
+
+
+@wrong("gpt_generate_cached", r"top_k|top-k")
+def gen_top_k_forgotten(model, ids, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+    return _gen_loop(model, ids, max_new_tokens, temperature, None, generator, choose=_choose_ok)
+
+
+@wrong("gpt_generate_cached", r"generator")
+def gen_global_random_stream(model, ids, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+    return _gen_loop(model, ids, max_new_tokens, temperature, top_k, None, choose=_choose_ok)
+
+
+@wrong("gpt_generate_cached", r"torch\.cat\(\[ids, next_ids\], dim=1\)")
+def gen_appends_along_the_batch(model, ids, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+    n = model.cfg.block_size
+    cache = None
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            if ids.shape[1] > n:
+                logits = model(ids[:, -n:])
+            elif cache is None:
+                logits, cache = model(ids, use_cache=True)
+            else:
+                logits, cache = model(ids[:, -1:], cache=cache, use_cache=True)
+            ids = torch.cat([ids, _choose_ok(logits[:, -1].float(), temperature, top_k, generator).T], dim=0)
+    return ids
+
+
+@right("gpt_generate_cached")
+def gen_top_k_before_temperature(model, ids, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+    def choose(logits, t, k, g):
+        if t == 0:
+            return logits.argmax(-1, keepdim=True)
+        if k is not None:
+            kth = torch.topk(logits, min(k, logits.shape[-1])).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, NEG_INF)
+        return torch.multinomial(F.softmax(logits / t, dim=-1), 1, generator=g)
+    return _gen_loop(model, ids, max_new_tokens, temperature, top_k, generator, choose=choose)
+
+
+# --------------------------------------------------------------------------- 05 decoding: beam search
+
+
+def _beams(model, ids, num_beams, max_new_tokens, length_penalty=1.0, eos_token_id=None, *,
+           candidates=2, any_rank=False, first_eos=False, stop_when_full=False, eos_in_length=True,
+           add_probs=False):
+    """Beam search over 2 * num_beams candidates a step (`candidates` changes it), with variants."""
+    beams, scores, finished = ids[None], torch.zeros(1), []
+    for step in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(beams)[:, -1].float()
+        V = logits.shape[-1]
+        step_scores = torch.softmax(logits, -1) if add_probs else torch.log_softmax(logits, -1)
+        top, idx = torch.topk((step_scores + scores[:, None]).flatten(), candidates * num_beams)
+        length = step + 1
+        new_beams, new_scores = [], []
+        for rank, (score, i) in enumerate(zip(top, idx.tolist())):
+            seq = torch.cat([beams[i // V], torch.tensor([i % V])])
+            if step == max_new_tokens - 1 or i % V == eos_token_id:
+                if rank < num_beams or any_rank:
+                    n = length if eos_in_length or i % V != eos_token_id else length - 1
+                    finished.append((score / max(n, 1) ** length_penalty, seq))
+                    if first_eos and i % V == eos_token_id:
+                        return seq, float(finished[-1][0])
+            elif len(new_beams) < num_beams:
+                new_beams.append(seq)
+                new_scores.append(score)
+        finished = sorted(finished, key=lambda h: -float(h[0]))[:num_beams]
+        if not new_beams:
+            break
+        beams, scores = torch.stack(new_beams), torch.stack(new_scores)
+        if len(finished) == num_beams:
+            if stop_when_full or not scores[0] / length ** length_penalty > finished[-1][0]:
+                break
+    score, seq = finished[0]
+    return seq, float(score)
+
+
+@wrong("beam_search", r"among the num_beams best|num_beams best")
+def beam_eos_at_any_rank(model, ids, num_beams, max_new_tokens, length_penalty=1.0, eos_token_id=None):
+    return _beams(model, ids, num_beams, max_new_tokens, length_penalty, eos_token_id, any_rank=True)
+
+
+@wrong("beam_search", r"2 \* num_beams|go on")
+def beam_num_beams_candidates(model, ids, num_beams, max_new_tokens, length_penalty=1.0, eos_token_id=None):
+    return _beams(model, ids, num_beams, max_new_tokens, length_penalty, eos_token_id, candidates=1)
+
+
+@wrong("beam_search", r"stop|early|longer one|keep searching|running beam")
+def beam_returns_the_first_eos(model, ids, num_beams, max_new_tokens, length_penalty=1.0, eos_token_id=None):
+    return _beams(model, ids, num_beams, max_new_tokens, length_penalty, eos_token_id, first_eos=True)
+
+
+@wrong("beam_search", r"stop|early|running beam|worst finished")
+def beam_stops_when_full(model, ids, num_beams, max_new_tokens, length_penalty=1.0, eos_token_id=None):
+    return _beams(model, ids, num_beams, max_new_tokens, length_penalty, eos_token_id,
+                  stop_when_full=True)
+
+
+@wrong("beam_search", r"EOS included|new tokens|score")
+def beam_eos_not_counted(model, ids, num_beams, max_new_tokens, length_penalty=1.0, eos_token_id=None):
+    return _beams(model, ids, num_beams, max_new_tokens, length_penalty, eos_token_id,
+                  eos_in_length=False)
+
+
+@wrong("beam_search", r"log|log_softmax|log-probabilit")
+def beam_adds_probabilities(model, ids, num_beams, max_new_tokens, length_penalty=1.0, eos_token_id=None):
+    return _beams(model, ids, num_beams, max_new_tokens, length_penalty, eos_token_id, add_probs=True)
+
+
+@wrong("beam_search", r"length_penalty")
+def beam_mean_log_probability(model, ids, num_beams, max_new_tokens, length_penalty=1.0, eos_token_id=None):
+    return _beams(model, ids, num_beams, max_new_tokens, 1.0, eos_token_id)
+
+
+@wrong("beam_search", r"num_beams")
+def beam_greedy_only(model, ids, num_beams, max_new_tokens, length_penalty=1.0, eos_token_id=None):
+    return _beams(model, ids, 1, max_new_tokens, length_penalty, eos_token_id)
+
+
+@right("beam_search")
+def beam_python_floats(model, ids, num_beams, max_new_tokens, length_penalty=1.0, eos_token_id=None):
+    beams, scores, finished = [ids.tolist()], [0.0], []
+    for step in range(max_new_tokens):
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor(beams))[:, -1].float(), -1)
+        cands = sorted(((scores[b] + float(logp[b, t]), b, t) for b in range(len(beams))
+                        for t in range(logp.shape[-1])), key=lambda c: -c[0])[:2 * num_beams]
+        new_beams, new_scores = [], []
+        for rank, (s, b, t) in enumerate(cands):
+            if step == max_new_tokens - 1 or t == eos_token_id:
+                if rank < num_beams:
+                    finished.append((s / (step + 1) ** length_penalty, beams[b] + [t]))
+            elif len(new_beams) < num_beams:
+                new_beams.append(beams[b] + [t])
+                new_scores.append(s)
+        finished = sorted(finished, key=lambda h: -h[0])[:num_beams]
+        if not new_beams:
+            break
+        beams, scores = new_beams, new_scores
+        if len(finished) == num_beams and scores[0] / (step + 1) ** length_penalty <= finished[-1][0]:
+            break
+    return torch.tensor(finished[0][1]), finished[0][0]
+
+
+# --------------------------------------------------------------------------- 05c cross-attention
+
+
+def _xattn_heads(attn, x, memory):
+    q = attention.split_heads(attn.q_proj(x), attn.n_heads)       # (B, H, T, d_head)
+    k = attention.split_heads(attn.k_proj(memory), attn.n_heads)  # (B, H, S, d_head)
+    v = attention.split_heads(attn.v_proj(memory), attn.n_heads)
+    return q, k, v
+
+
+@wrong("cross_attention", r"pad|mask")
+def xattn_float_mask(x, memory, attention_mask, attn):
+    q, k, v = _xattn_heads(attn, x, memory)
+    mask = attention_mask[:, None, None, :].float() if attention_mask is not None else None  # added, not a filter
+    return attn.out_proj(attention.merge_heads(attention.scaled_dot_product_attention(q, k, v, mask=mask)))
+
+
+@wrong("cross_attention", r"pad|mask")
+def xattn_inverted_mask(x, memory, attention_mask, attn):
+    q, k, v = _xattn_heads(attn, x, memory)
+    mask = attention.padding_mask(1 - attention_mask) if attention_mask is not None else None
+    return attn.out_proj(attention.merge_heads(attention.scaled_dot_product_attention(q, k, v, mask=mask)))
+
+
+@wrong("cross_attention", r"queries from x|q_proj|keys and values|shape")
+def xattn_queries_from_memory(x, memory, attention_mask, attn):
+    q, k, v = _xattn_heads(attn, memory, x)
+    return attn.out_proj(attention.merge_heads(attention.scaled_dot_product_attention(q, k, v)))
+
+
+@wrong("cross_attention", r"values|memory")
+def xattn_values_from_decoder(x, memory, attention_mask, attn):
+    q = attention.split_heads(attn.q_proj(x), attn.n_heads)
+    k = attention.split_heads(attn.k_proj(memory), attn.n_heads)
+    v = attention.split_heads(attn.v_proj(x), attn.n_heads)
+    mask = attention.padding_mask(attention_mask) if attention_mask is not None else None
+    return attn.out_proj(attention.merge_heads(attention.scaled_dot_product_attention(q, k, v, mask=mask)))
+
+
+@wrong("cross_attention", r"sqrt\(d_head\)|d_model")
+def xattn_scaled_by_d_model(x, memory, attention_mask, attn):
+    q, k, v = _xattn_heads(attn, x, memory)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(x.shape[-1])  # (B, H, T, S), the width of all heads
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention.padding_mask(attention_mask), NEG_INF)
+    return attn.out_proj(attention.merge_heads(torch.softmax(scores, dim=-1) @ v))
+
+
+@wrong("cross_attention", r"scale|sqrt")
+def xattn_unscaled(x, memory, attention_mask, attn):
+    q, k, v = _xattn_heads(attn, x, memory)
+    scores = q @ k.transpose(-2, -1)
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention.padding_mask(attention_mask), NEG_INF)
+    return attn.out_proj(attention.merge_heads(torch.softmax(scores, dim=-1) @ v))
+
+
+@wrong("cross_attention", r"pad|mask")
+def xattn_mask_after_softmax(x, memory, attention_mask, attn):
+    q, k, v = _xattn_heads(attn, x, memory)
+    w = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+    if attention_mask is not None:
+        w = w * attention_mask[:, None, None, :]  # zeroed, but the others no longer sum to 1
+    return attn.out_proj(attention.merge_heads(w @ v))
+
+
+@right("cross_attention")
+def xattn_torch_sdpa(x, memory, attention_mask, attn):
+    q, k, v = _xattn_heads(attn, x, memory)
+    mask = attention_mask.bool()[:, None, None, :] if attention_mask is not None else None
+    return attn.out_proj(attention.merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)))
+
+
+# --------------------------------------------------------------------------- 05c shift right
+
+
+@wrong("shift_right", r"start")
+def shift_roll(labels, start_id, pad_id):
+    out = torch.roll(labels, 1, dims=1)  # the last label wraps round to the front
+    return out.masked_fill(out == IGNORE, pad_id)
+
+
+@wrong("shift_right", r"-100|pad")
+def shift_mask_from_labels(labels, start_id, pad_id):
+    out = torch.cat([labels.new_full((labels.shape[0], 1), start_id), labels[:, :-1]], dim=1)
+    return out.masked_fill(labels == IGNORE, pad_id)  # the mask of the unshifted labels
+
+
+@wrong("shift_right", r"start")
+def shift_pad_first(labels, start_id, pad_id):
+    out = torch.cat([labels.new_full((labels.shape[0], 1), pad_id), labels[:, :-1]], dim=1)
+    return out.masked_fill(out == IGNORE, pad_id)
+
+
+@wrong("shift_right", r"float|integer|int64|dtype")
+def shift_float_start(labels, start_id, pad_id):
+    out = torch.cat([torch.full((labels.shape[0], 1), float(start_id)), labels[:, :-1]], dim=1)
+    return out.masked_fill(out == IGNORE, pad_id)
+
+
+@wrong("shift_right", IN_PLACE)
+def shift_fills_labels_in_place(labels, start_id, pad_id):
+    labels[labels == IGNORE] = pad_id
+    return torch.cat([labels.new_full((labels.shape[0], 1), start_id), labels[:, :-1]], dim=1)
+
+
+@wrong("shift_right", r"start_id|pad_id|argument|given")
+def shift_bart_ids(labels, start_id, pad_id):
+    out = torch.cat([labels.new_full((labels.shape[0], 1), 2), labels[:, :-1]], dim=1)
+    return out.masked_fill(out == IGNORE, 1)
+
+
+@right("shift_right")
+def shift_roll_and_overwrite(labels, start_id, pad_id):
+    out = torch.roll(labels, 1, dims=1)
+    out[:, 0] = start_id
+    return torch.where(out == IGNORE, torch.full_like(out, pad_id), out)
+
+
+# --------------------------------------------------------------------------- 05c greedy decoding
+
+
+def _greedy_loop(model, input_ids, attention_mask, max_new_tokens, steps=None, encode_mask=True,
+                 fill=None, start=None, stop=True, pick=None):
+    cfg = model.cfg
+    with torch.no_grad():
+        memory = model.encode(input_ids, attention_mask if encode_mask else None)
+        ys = torch.full((input_ids.shape[0], 1), cfg.decoder_start_token_id if start is None else start)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        for _ in range(max_new_tokens if steps is None else steps(max_new_tokens)):
+            logits = model.decode(ys, memory, attention_mask)[:, -1]
+            nxt = logits.argmax(-1) if pick is None else pick(logits)
+            nxt = nxt.masked_fill(done, cfg.pad_token_id if fill is None else fill)
+            ys = torch.cat([ys, nxt[:, None]], dim=1)
+            done |= nxt == cfg.eos_token_id
+            if stop and done.all():
+                break
+    return ys[:, 1:]
+
+
+@wrong("seq2seq_greedy_decode", r"attention_mask|mask|padding")
+def greedy_encoder_without_mask(model, input_ids, attention_mask, max_new_tokens):
+    return _greedy_loop(model, input_ids, attention_mask, max_new_tokens, encode_mask=False)
+
+
+@wrong("seq2seq_greedy_decode", r"max_new_tokens")
+def greedy_one_step_short(model, input_ids, attention_mask, max_new_tokens):
+    return _greedy_loop(model, input_ids, attention_mask, max_new_tokens, steps=lambda n: n - 1)
+
+
+@wrong("seq2seq_greedy_decode", r"pad")
+def greedy_fills_with_eos(model, input_ids, attention_mask, max_new_tokens):
+    return _greedy_loop(model, input_ids, attention_mask, max_new_tokens, fill=model.cfg.eos_token_id)
+
+
+@wrong("seq2seq_greedy_decode", r"decoder_start_token_id|start")
+def greedy_starts_with_pad(model, input_ids, attention_mask, max_new_tokens):
+    return _greedy_loop(model, input_ids, attention_mask, max_new_tokens, start=model.cfg.pad_token_id)
+
+
+@wrong("seq2seq_greedy_decode", r"argmax")
+def greedy_samples(model, input_ids, attention_mask, max_new_tokens):
+    g = torch.Generator().manual_seed(0)
+    return _greedy_loop(model, input_ids, attention_mask, max_new_tokens,
+                        pick=lambda z: torch.multinomial(torch.softmax(z, -1), 1, generator=g)[:, 0])
+
+
+@wrong("seq2seq_greedy_decode", r"argmax|last|logits|wrong dimension")
+def greedy_argmax_over_batch(model, input_ids, attention_mask, max_new_tokens):
+    return _greedy_loop(model, input_ids, attention_mask, max_new_tokens, pick=lambda z: z.argmax(0))
+
+
+@right("seq2seq_greedy_decode")
+def greedy_reencoding_every_step(model, input_ids, attention_mask, max_new_tokens):
+    cfg = model.cfg
+    with torch.no_grad():
+        ys = torch.full((input_ids.shape[0], 1), cfg.decoder_start_token_id)
+        for _ in range(max_new_tokens):
+            logits = model(input_ids, attention_mask, decoder_input_ids=ys).logits[:, -1]
+            ended = (ys[:, 1:] == cfg.eos_token_id).any(1)
+            nxt = torch.where(ended, cfg.pad_token_id, logits.argmax(-1))
+            ys = torch.cat([ys, nxt[:, None]], dim=1)
+    return ys[:, 1:]
+
+
+# --------------------------------------------------------------------------- 05d accumulation weights
+
+
+@wrong("accumulated_token_loss_weights", LIST)
+def accw_list(counts):
+    n = counts.double()
+    return (counts.shape[0] * n / n.sum()).nan_to_num(0.0).tolist()
+
+
+@wrong("accumulated_token_loss_weights", IN_PLACE)
+def accw_scales_input_in_place(counts):
+    counts.mul_(counts.shape[0])
+    n = counts.double()
+    per = n.sum() / counts.shape[0]
+    return n / per if per > 0 else torch.zeros_like(n)
+
+
+@wrong("accumulated_token_loss_weights", r"counts\.sum\(\)|every process|all processes")
+def accw_total_of_first_process(counts):
+    n = counts.double()
+    total = n[0].sum()
+    return counts.shape[0] * n / total if total > 0 else torch.zeros_like(n)
+
+
+@wrong("accumulated_token_loss_weights", r"same weight|share of the step's tokens")
+def accw_one_over_all_micro_batches(counts):
+    W, k = counts.shape
+    return torch.full(counts.shape, 1.0 / (W * k), dtype=torch.float64)
+
+
+@wrong("accumulated_token_loss_weights", r"integer|//")
+def accw_floor_division(counts):
+    total = counts.sum()
+    return counts.shape[0] * counts // total if total > 0 else torch.zeros_like(counts)
+
+
+@wrong("accumulated_token_loss_weights", NUMPY)
+def accw_numpy(counts):
+    n = counts.numpy().astype(float)
+    return n.shape[0] * n / n.sum() if n.sum() > 0 else np.zeros_like(n)
+
+
+@wrong("accumulated_token_loss_weights", r"dim 0|every micro-batch|counts\.sum\(\)")
+def accw_per_position_over_processes(counts):
+    n = counts.double()
+    return (counts.shape[0] * n / n.sum(0, keepdim=True)).nan_to_num(0.0)
+
+
+@wrong("accumulated_token_loss_weights", r"transpose|swapped")
+def accw_transposed(counts):
+    n = counts.double()
+    total = n.sum()
+    return (counts.shape[0] * n / total).T if total > 0 else torch.zeros_like(n).T
+
+
+@wrong("accumulated_token_loss_weights", r"\bk\b|multiply by W|sum to W")
+def accw_times_k(counts):
+    n = counts.double()
+    total = n.sum()
+    return counts.shape[1] * n / total if total > 0 else torch.zeros_like(n)
+
+
+@wrong("accumulated_token_loss_weights", r"that process only|ALL processes")
+def accw_own_tokens_times_world(counts):
+    n = counts.double()
+    return (counts.shape[0] * n / n.sum(1, keepdim=True)).nan_to_num(0.0)
+
+
+@right("accumulated_token_loss_weights")
+def accw_clamped_total(counts):
+    n = counts.float()
+    return counts.shape[0] * n / n.sum().clamp(min=1.0)
+
+
+@right("accumulated_token_loss_weights")
+def accw_where(counts):
+    n = counts.double()
+    total = n.sum()
+    return torch.where(n > 0, counts.shape[0] * n / torch.where(total > 0, total, 1.0), 0.0)
+
 
 
 # --------------------------------------------------------------------------- running

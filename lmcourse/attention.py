@@ -1,5 +1,6 @@
 """Lesson 03, attention: masked scaled dot-product attention, causal and padding masks,
-multi-head attention (split and merge heads) and sinusoidal positional encodings."""
+multi-head attention (split and merge heads), sinusoidal positional encodings, and the KV cache
+that lets a decoder attend to earlier tokens without computing their keys and values again."""
 
 from __future__ import annotations
 
@@ -56,10 +57,15 @@ def scaled_dot_product_attention(
     return (out, weights) if return_weights else out
 
 
-def causal_mask(T_q: int, T_k: int | None = None, device: torch.device | str | None = None) -> torch.Tensor:
-    """Bool (T_q, T_k) mask, True on and below the diagonal: query i may attend to keys 0..i."""
+def causal_mask(T_q: int, T_k: int | None = None, device: torch.device | str | None = None,
+                offset: int = 0) -> torch.Tensor:
+    """Bool (T_q, T_k) mask, True on and below the diagonal: query i may attend to keys 0..i.
+
+    `offset` says where the queries sit: query i is the token at position i + offset, so it may
+    attend to keys 0..i + offset (with a KV cache of `offset` earlier tokens, offset = T_k - T_q).
+    """
     T_k = T_q if T_k is None else T_k
-    return torch.ones(T_q, T_k, dtype=torch.bool, device=device).tril()
+    return torch.ones(T_q, T_k, dtype=torch.bool, device=device).tril(diagonal=offset)
 
 
 def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -83,6 +89,60 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(B, T, H * d_head)  # (B, T, D); reshape copies since x is not contiguous
 
 
+class KVCache:
+    """The keys and values every attention layer computed for the tokens processed so far.
+
+    A decoder generates one token at a time, and causal attention never changes what an earlier
+    token's key and value are: compute them once, keep them here, and feed the model only the new
+    token. Layer i holds keys and values of shape (B, H, T, d_head); `update` appends a call's.
+    transformers' equivalent is `DynamicCache` (the `cache=` argument, `past_key_values` before).
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[torch.Tensor] = []    # per layer (B, H, T, d_head)
+        self.values: list[torch.Tensor] = []  # per layer (B, H, T, d_head)
+
+    @property
+    def length(self) -> int:
+        """Number of tokens cached (0 when empty)."""
+        return self.keys[0].shape[-2] if self.keys else 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this call's keys and values (B, H, T_new, d_head) to layer `layer`'s; return all
+        of that layer's, (B, H, T_past + T_new, d_head) each."""
+        if layer == len(self.keys):  # the first call fills the layers in order
+            self.keys.append(k)
+            self.values.append(v)
+        elif layer < len(self.keys):
+            self.keys[layer] = torch.cat([self.keys[layer], k], dim=-2)  # (B, H, T_past + T_new, d_head)
+            self.values[layer] = torch.cat([self.values[layer], v], dim=-2)
+        else:
+            raise ValueError(f"KVCache has {len(self.keys)} layers; layer {layer} must come after "
+                             "the ones before it (call the layers in order).")
+        return self.keys[layer], self.values[layer]
+
+    def reorder_cache(self, index: torch.Tensor) -> None:
+        """Keep the batch rows `index` (B_new,), in that order, repeats allowed (beam search)."""
+        self.keys = [k.index_select(0, index.to(k.device)) for k in self.keys]
+        self.values = [v.index_select(0, index.to(v.device)) for v in self.values]
+
+    def nbytes(self) -> int:
+        """Bytes the cached tensors take: 2 * n_layers * B * T * d_model * bytes per element."""
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    def __repr__(self) -> str:
+        return f"KVCache(layers={len(self.keys)}, tokens={self.length}, {self.nbytes():,} bytes)"
+
+
+def _and_mask(mask: torch.Tensor | None, allowed: torch.Tensor) -> torch.Tensor:
+    """`mask` (bool, True = may attend; or float, added to the scores) restricted to `allowed`."""
+    if mask is None:
+        return allowed
+    if mask.dtype == torch.bool:
+        return mask & allowed
+    return mask.masked_fill(~allowed, float("-inf"))  # an additive mask: -inf removes
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head self-attention, batch first; equals nn.MultiheadAttention given the same weights."""
 
@@ -102,16 +162,30 @@ class MultiHeadAttention(nn.Module):
         mask: torch.Tensor | None = None,
         is_causal: bool = False,
         return_weights: bool = False,
+        cache: KVCache | None = None,
+        layer: int = 0,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, D) -> (B, T, D); with `return_weights`, also the per-head weights (B, H, T, T).
 
         mask: bool, True = may attend, broadcastable to (B, H, T, T): `padding_mask(am)` gives
         (B, 1, 1, T), `causal_mask(T)` gives (T, T). Unlike nn.MultiheadAttention, the weights
         are not averaged over heads.
+
+        With a `cache`, x holds only the new tokens: their keys and values are appended to the
+        cache's layer `layer`, and the queries attend to every cached token as well (keys
+        T_past + T; a mask then covers them all, (B, 1, 1, T_past + T) for padding).
         """
         q = split_heads(self.q_proj(x), self.n_heads)  # (B, H, T, d_head)
         k = split_heads(self.k_proj(x), self.n_heads)  # (B, H, T, d_head)
         v = split_heads(self.v_proj(x), self.n_heads)  # (B, H, T, d_head)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, H, T_past + T, d_head) each
+            t_q, t_k = q.shape[-2], k.shape[-2]
+            if is_causal and t_k != t_q:
+                # the new tokens are the last t_q positions: query i is token t_k - t_q + i, and
+                # torch's is_causal (aligned top-left) would hide most of the cached keys from it
+                mask = _and_mask(mask, causal_mask(t_q, t_k, device=x.device, offset=t_k - t_q))
+                is_causal = False
         out, weights = scaled_dot_product_attention(
             q, k, v, mask=mask, is_causal=is_causal, return_weights=True,
             dropout_p=self.dropout if self.training else 0.0,

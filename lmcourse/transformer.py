@@ -1,7 +1,7 @@
 """Lesson 04, the transformer: layer norm, the GELU feed-forward network, residual blocks (post-LN
-for BERT, pre-LN for GPT), a BERT encoder and a GPT decoder built from the course's parts, loaders
-that copy the weights of `transformers`' BertModel and GPT-2 into them (and back), and parameter
-and FLOP counts."""
+for BERT, pre-LN for GPT), a BERT encoder and a GPT decoder built from the course's parts,
+activation checkpointing for both, loaders that copy the weights of `transformers`' BertModel and
+GPT-2 into them (and back), and parameter and FLOP counts."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
-from lmcourse.attention import MultiHeadAttention, padding_mask
+from lmcourse.attention import KVCache, MultiHeadAttention, padding_mask
 
 # transformers' names of the activations the course implements -> our `approximate` argument
 _HF_ACTIVATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
@@ -117,10 +118,105 @@ class DecoderBlock(nn.Module):
         self.ln2 = LayerNorm(d_model, eps)  # before the feed-forward
         self.ffn = FeedForward(d_model, d_ff, approximate, dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, D); mask (e.g. padding) is combined with the causal mask -> (B, T, D)."""
-        x = x + self.attn_dropout(self.attn(self.ln1(x), mask=mask, is_causal=True))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        """x (B, T, D); mask (e.g. padding) is combined with the causal mask -> (B, T, D).
+
+        With a `cache`, x holds the new tokens only; the attention also sees the cached ones and
+        adds the new tokens' keys and values to the cache's layer `layer`.
+        """
+        h = self.attn(self.ln1(x), mask=mask, is_causal=True, cache=cache, layer=layer)
+        x = x + self.attn_dropout(h)
         return x + self.ffn(self.ln2(x))
+
+
+# --------------------------------------------------------------------------- activation checkpointing
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor | None,
+               checkpointing: bool = False) -> torch.Tensor:
+    """x (B, T, D) through each block in turn -> (B, T, D).
+
+    With `checkpointing` (and gradients on), the backward pass keeps only each block's input
+    instead of every activation inside it (attention weights (B, H, T, T), the d_ff-wide hidden
+    layer, ...), and runs the block's forward again to get them: memory for the activations of one
+    block instead of all, for about one more forward pass of time. The random state is saved and
+    restored, so dropout draws the same masks the second time: loss and gradients are unchanged.
+    """
+    for block in blocks:
+        if checkpointing and torch.is_grad_enabled():
+            x = checkpoint(block, x, mask, use_reentrant=False)
+        else:
+            x = block(x, mask)
+    return x
+
+
+class CheckpointingMixin:
+    """`gradient_checkpointing_enable()` / `_disable()` with transformers' names, for the course's
+    models (the flag their forward passes to `run_blocks`)."""
+
+    gradient_checkpointing: bool = False
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Any = None) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them."""
+        self.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Keep every activation for the backward pass again (the default)."""
+        self.gradient_checkpointing = False
+
+
+def set_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch activation checkpointing on (or off) in `model`, in place; returns it.
+
+    Works for the course's Bert and GPT, for `transformers` models that support it (BertModel,
+    BertForMaskedLM, GPT-2, ...: non-reentrant, through their own switch) and for any model
+    holding one of those (a classifier around an encoder).
+    """
+    def visit(module: nn.Module) -> bool:
+        if isinstance(module, CheckpointingMixin):
+            module.gradient_checkpointing = enabled
+            return True
+        if getattr(module, "supports_gradient_checkpointing", False):
+            _set_hf_checkpointing(module, enabled)  # it switches its own submodules
+            return True
+        return any([visit(child) for child in module.children()])  # every child, no short cut
+
+    if not visit(model):
+        raise TypeError(
+            f"{type(model).__name__} holds no model with activation checkpointing: use the "
+            "course's Bert or GPT (lm.transformer) or a transformers model that supports it, or "
+            "wrap your own blocks with torch.utils.checkpoint.checkpoint.")
+    return model
+
+
+def is_gradient_checkpointing(model: nn.Module) -> bool:
+    """Whether activation checkpointing is on in `model` (or in a model it holds)."""
+    for module in model.modules():
+        if isinstance(module, CheckpointingMixin) and module.gradient_checkpointing:
+            return True
+        if getattr(module, "supports_gradient_checkpointing", False):
+            # transformers 5 names the property is_activation_checkpointing (the old name warns)
+            name = ("is_activation_checkpointing" if hasattr(module, "is_activation_checkpointing")
+                    else "is_gradient_checkpointing")
+            if getattr(module, name):
+                return True
+    return False
+
+
+def _set_hf_checkpointing(model: nn.Module, enabled: bool) -> None:
+    # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_* (the old names
+    # warn); non-reentrant checkpointing works when the inputs need no gradient, and under DDP
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        if enabled:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.activation_checkpointing_disable()
+    elif enabled:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_disable()
 
 
 # --------------------------------------------------------------------------- BERT
@@ -200,7 +296,7 @@ class BertEmbeddings(nn.Module):
         return self.dropout(self.ln(x))
 
 
-class Bert(nn.Module):
+class Bert(CheckpointingMixin, nn.Module):
     """A BERT encoder: embeddings, then n_layers post-LN encoder blocks (and an optional pooler)."""
 
     def __init__(self, cfg: BertConfig):
@@ -219,9 +315,7 @@ class Bert(nn.Module):
         """input_ids (B, T), attention_mask (B, T) 1 = token, 0 = padding -> last hidden states (B, T, D)."""
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
         mask = padding_mask(attention_mask) if attention_mask is not None else None  # (B, 1, 1, T)
-        for block in self.blocks:
-            x = block(x, mask)
-        return x
+        return run_blocks(self.blocks, x, mask, self.gradient_checkpointing)  # (B, T, D)
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
         """BERT's pooled output: tanh(dense(h[CLS])), (B, T, D) -> (B, D)."""
@@ -281,7 +375,7 @@ class GPTConfig:
         )
 
 
-class GPT(nn.Module):
+class GPT(CheckpointingMixin, nn.Module):
     """A GPT decoder: token + position embeddings, n_layers pre-LN causal blocks, a final LN and
     a language-model head tied to the token embeddings."""
 
@@ -301,21 +395,45 @@ class GPT(nn.Module):
         if cfg.tie_weights:
             self.lm_head.weight = self.tok_emb.weight  # one (V, D) matrix, used twice
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids (B, T) -> final hidden states after ln_f (B, T, D)."""
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      cache: KVCache | None = None) -> torch.Tensor:
+        """input_ids (B, T) -> final hidden states after ln_f (B, T, D).
+
+        With a `cache` holding T_past earlier tokens, input_ids are the tokens that follow them:
+        positions T_past..T_past + T - 1, and attention_mask (if any) covers all T_past + T.
+        """
         T = input_ids.shape[1]
-        if T > self.cfg.block_size:
+        past = cache.length if cache is not None else 0
+        if past + T > self.cfg.block_size:
+            if past:
+                raise ValueError(f"{past} cached and {T} new tokens are more than block_size="
+                                 f"{self.cfg.block_size} positions: start a new cache from the last "
+                                 f"{self.cfg.block_size} tokens (lm.pretraining.generate does).")
             raise ValueError(f"Sequence of {T} tokens is longer than block_size={self.cfg.block_size}.")
-        pos = torch.arange(T, device=input_ids.device)  # (T,)
+        pos = torch.arange(past, past + T, device=input_ids.device)  # (T,) after the cached tokens
         x = self.dropout(self.tok_emb(input_ids) + self.pos_emb(pos))  # (B, T, D)
-        mask = padding_mask(attention_mask) if attention_mask is not None else None  # (B, 1, 1, T)
-        for block in self.blocks:
-            x = block(x, mask)
+        mask = padding_mask(attention_mask) if attention_mask is not None else None  # (B, 1, 1, T_past + T)
+        if cache is None:
+            x = run_blocks(self.blocks, x, mask, self.gradient_checkpointing)  # (B, T, D)
+        else:  # generation: no backward pass, so nothing to checkpoint
+            for i, block in enumerate(self.blocks):
+                x = block(x, mask, cache=cache, layer=i)  # (B, T, D)
         return self.ln_f(x)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids (B, T) -> next-token logits (B, T, vocab_size)."""
-        return self.lm_head(self.hidden_states(input_ids, attention_mask))
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, use_cache: bool = False,
+                ) -> torch.Tensor | tuple[torch.Tensor, KVCache]:
+        """input_ids (B, T) -> next-token logits (B, T, vocab_size).
+
+        use_cache=True returns (logits, cache): the cache holds every layer's keys and values of
+        the tokens seen so far (a new KVCache unless one is passed). Pass it back with the next
+        tokens only, `model(new_ids, cache=cache, use_cache=True)`: the model then computes keys
+        and values for the new tokens alone. The cache is extended in place.
+        """
+        if use_cache and cache is None:
+            cache = KVCache()
+        logits = self.lm_head(self.hidden_states(input_ids, attention_mask, cache))
+        return (logits, cache) if use_cache else logits
 
 
 # --------------------------------------------------------------------------- loading transformers weights

@@ -153,6 +153,22 @@ def test_an_ignored_argument_is_named():
     assert checker.evaluate(ex, barely_uses_it).diagnosis != "ignores an argument"
 
 
+def test_probe_arguments_limit_which_arguments_may_be_called_ignored():
+    def make(probe):
+        return Exercise(key="toy_scale_shift", lesson="99", reference=lambda x, a, b: x * a + b,
+                        cases=[Case("a = 3", (torch.tensor([1.0, 2.0]), 3.0, 1.0), hint="h"),
+                               Case("a = 0.5", (torch.tensor([1.0, 4.0]), 0.5, 2.0), hint="h")],
+                        probe_arguments=probe)
+
+    def fixed_scale(x, alpha, beta):
+        return x * 2.0 + beta
+
+    r = checker.evaluate(make(None), fixed_scale)
+    assert r.diagnosis == "ignores an argument" and "`alpha`" in r.hint
+    assert checker.evaluate(make(("alpha",)), fixed_scale).diagnosis == "ignores an argument"
+    assert checker.evaluate(make(("beta",)), fixed_scale).diagnosis != "ignores an argument"
+
+
 def test_inputs_changed_in_place_are_restored_before_a_call_computes_statistics():
     def call(fn, x):  # a statistic computed from the input AFTER fn ran, as lesson 05b does
         out = fn(x)
