@@ -131,7 +131,10 @@ def test_only_selects_by_prefix_or_glob():
     names = lambda pats, **kw: [p.stem for p in B.select_notebooks(ROOT, pats, **kw)]  # noqa: E731
     every = names([])
     assert every == sorted(p.stem for p in (ROOT / "solutions").glob("*.ipynb")) and len(every) >= 9
-    assert names(["05"]) == ["05_pretraining_gpt", "05b_pretraining_bert"]
+    five = names(["05"])  # a prefix: 05, 05b, 05c, ... and nothing else
+    assert five[:2] == ["05_pretraining_gpt", "05b_pretraining_bert"]
+    assert all(n.startswith("05") for n in five) and "04_transformer" not in five
+    assert names(["05b"]) == ["05b_pretraining_bert"]
     assert names(["05b", "00_welcome.ipynb"]) == ["00_welcome", "05b_pretraining_bert"]
     assert names(["0[12]_*"]) == ["01_lm_math", "02_gradients"]
     assert B.select_notebooks(ROOT, ["01"], learner=True) == [ROOT / "notebooks" / "01_lm_math.ipynb"]

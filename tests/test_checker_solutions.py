@@ -42,7 +42,8 @@ def test_every_solution_exercise_is_found():
 @pytest.mark.parametrize("notebook, key, name, src", CELLS, ids=[c[1] for c in CELLS])
 def test_the_solution_passes(notebook, key, name, src):
     code = CHECK.sub("", src)  # define the function only; the test checks it
-    namespace = {"lm": lm, "torch": torch, "math": math, "np": np, "F": F, "tr": lm.transformer}
+    namespace = {"lm": lm, "torch": torch, "math": math, "np": np, "F": F, "tr": lm.transformer,
+                 "s2s": lm.seq2seq}  # the module aliases the lessons define in their import cell
     exec(compile(code, f"{notebook}:{key}", "exec"), namespace)
     result = registry.evaluate(key, namespace[name])
     assert result.passed, result.message

@@ -376,7 +376,8 @@ _WIDTH = 32  # outputs are compared padded to this many columns (cases ask for a
 def _padded(out) -> torch.Tensor:
     """The output with <pad> columns added up to _WIDTH: stopping once all rows ended and running
     on to max_new_tokens (a row that ended only gets <pad>) give the same tensor."""
-    out = torch.as_tensor(out)
+    if not isinstance(out, torch.Tensor):  # a list or an array: left as it is, so the checker
+        return out                          # says a tensor was expected
     if out.ndim != 2 or out.shape[1] >= _WIDTH:
         return out
     return torch.cat([out, out.new_full((out.shape[0], _WIDTH - out.shape[1]), 1)], dim=1)
@@ -446,7 +447,7 @@ def _greedy_cases() -> list[Case]:
     ids3, am3 = _sources(52, 3, 6, lengths=[6, 3, 5])
     ids4, am4 = _sources(53, 2, 4)
     return [
-        Case("one source, no </s> in reach", (3, -6.0, ids1, am1, 6),
+        Case("one source and no </s> in reach", (3, -6.0, ids1, am1, 6),
              hint="start from cfg.decoder_start_token_id, append the argmax of the LAST position's "
                   "logits each step, max_new_tokens times; return the new tokens only.",
              canonical=_padded),

@@ -35,7 +35,7 @@ def _c(rows) -> torch.Tensor:
 
 def _weights_cases() -> list[Case]:
     return [
-        Case("uneven micro-batches, one process", (_c([[30, 10, 25, 15]]),),
+        Case("uneven micro-batches on one process", (_c([[30, 10, 25, 15]]),),
              hint="each micro-batch's mean counts by its labelled tokens: n / N, with N the tokens "
                   "of the whole step."),
         Case("equal micro-batches", (_c([[8, 8, 8]]),),
@@ -48,10 +48,10 @@ def _weights_cases() -> list[Case]:
         Case("two processes", (_c([[30, 10], [5, 15]]),),
              hint="N counts the tokens of every process; DDP divides the sum of the W processes' "
                   "gradients by W, so each weight is W n / N."),
-        Case("two processes, one with few tokens", (_c([[40, 40], [2, 6]]),),
+        Case("two processes (one with few tokens)", (_c([[40, 40], [2, 6]]),),
              hint="each process divides by the tokens of ALL processes, not by its own: a process "
                   "with 8 tokens must not count as much as one with 80."),
-        Case("four processes, one micro-batch each", (_c([[3], [5], [7], [9]]),),
+        Case("four processes with one micro-batch each", (_c([[3], [5], [7], [9]]),),
              hint="W = counts.shape[0] processes: the weights sum to W."),
         Case("a process whose micro-batches are all empty", (_c([[10, 6], [0, 0]]),),
              hint="a process without labelled tokens contributes nothing (weights 0); the other "

@@ -346,24 +346,24 @@ def _beam_cases() -> list[Case]:
     wide = tiny_gpt(2, block_size=40, std=0.05, vocab_size=512)  # nearly flat over 512 tokens
     ids = torch.tensor
     return [
-        Case("no EOS, 2 beams", (model, ids([1, 2, 3]), 2, 10), dict(length_penalty=1.0),
+        Case("no EOS and 2 beams", (model, ids([1, 2, 3]), 2, 10), dict(length_penalty=1.0),
              hint="without EOS every hypothesis gets max_new_tokens new tokens. Each step: the "
                   "log-probabilities (log_softmax of the last position's logits) added to each beam's "
                   "score, ONE topk over all beams x vocabulary (flattened), and the best num_beams "
                   "go on; the score is sum / max_new_tokens ** length_penalty."),
-        Case("EOS, length penalty 1", (model, ids([1, 2, 3]), 3, 12), dict(eos_token_id=13),
+        Case("EOS with length penalty 1", (model, ids([1, 2, 3]), 3, 12), dict(eos_token_id=13),
              hint="a candidate that ends with eos_token_id, among the num_beams best of its step, is "
                   "finished: keep it aside with score sum / (new tokens, EOS included) ** "
                   "length_penalty, and don't extend it. Return the best finished hypothesis."),
-        Case("EOS, length penalty 0.5", (model, ids([1, 2, 3]), 3, 12),
+        Case("EOS with length penalty 0.5", (model, ids([1, 2, 3]), 3, 12),
              dict(length_penalty=0.5, eos_token_id=13),
              hint="the length in the penalty counts the NEW tokens only (the prompt never counts), "
                   "the EOS included."),
-        Case("EOS early, length penalty 0.5", (model, ids([1, 2, 3]), 3, 12),
+        Case("EOS early with length penalty 0.5", (model, ids([1, 2, 3]), 3, 12),
              dict(length_penalty=0.5, eos_token_id=5),
              hint="a short hypothesis that ends early stays among the finished ones: keep up to "
                   "num_beams finished hypotheses, the best scores, whatever step they ended at."),
-        Case("EOS, length penalty 2: a long one wins", (model, ids([5]), 2, 12),
+        Case("EOS with length penalty 2: a long one wins", (model, ids([5]), 2, 12),
              dict(length_penalty=2.0, eos_token_id=5),
              hint="keep going while a running beam can still win: stop early only once num_beams "
                   "hypotheses are finished and the best running beam, scored as if it ended now "
@@ -377,7 +377,7 @@ def _beam_cases() -> list[Case]:
              hint="only a candidate among the num_beams best of its step may finish; one that ends "
                   "with EOS further down the 2 * num_beams is dropped (those exist only so that "
                   "num_beams beams can go on)."),
-        Case("num_beams finished, a running beam still better", (model, ids([5]), 3, 12),
+        Case("num_beams finished and a running beam still better", (model, ids([5]), 3, 12),
              dict(eos_token_id=20),
              hint="num_beams finished hypotheses are not the end: go on while the best running beam, "
                   "scored as if it ended now, beats the worst finished one; a better hypothesis "
@@ -418,8 +418,8 @@ def _beam_advice(got, want, case: Case) -> Diagnosis | None:
         return None
     if torch.equal(g_ids, w_ids):
         n = len(w_ids) - T
-        if n < 1 or w_score == 0:
-            return None
+        if n < 1 or w_score == 0 or abs(g - w_score) <= 1e-5 * max(1.0, abs(w_score)):
+            return None  # nothing to say: the score is right too (or cannot be told apart)
         ratio = g / w_score
         if abs(ratio - (n / (T + n)) ** lp) < 1e-3 and T > 0:
             return Diagnosis("prompt in the length", "the right sequence, the wrong score: you count "
