@@ -73,11 +73,8 @@ from typing import Any
 
 import nbformat
 
-from lmcourse.build import kernel_manager_class
-from lmcourse.config import ENV_CACHE, ENV_MODE, ENV_STRICT, MODES
-
-# Variables pointing at folders a notebook may write; each graded notebook gets private ones.
-CACHE_VARIABLES = (ENV_CACHE, "HF_HOME", "HF_DATASETS_CACHE")
+from lmcourse.build import CACHE_VARIABLES, kernel_manager_class, private_caches  # noqa: F401
+from lmcourse.config import ENV_MODE, ENV_STRICT, MODES
 
 # verdicts of one exercise
 PASSED, WRONG, TODO, MISSING, ERROR, NOT_RUN = "passed", "wrong", "not done", "missing", "error", "not run"
@@ -217,10 +214,9 @@ def kernel_env(mode: str, folder: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.pop(ENV_STRICT, None)
     env[ENV_MODE] = mode
-    for name in CACHE_VARIABLES:
-        path = folder / name.lower()
-        path.mkdir(parents=True, exist_ok=True)
-        env[name] = str(path)
+    for name, path in private_caches(folder).items():  # the same layout lmcourse build uses
+        Path(path).mkdir(parents=True, exist_ok=True)
+        env[name] = path
     return env
 
 
