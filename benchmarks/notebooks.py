@@ -1,82 +1,76 @@
-"""Time each lesson notebook in a mode and measure its kernel's peak memory.
+"""Time each lesson notebook in a mode and hold its peak memory against the course's budgets.
 
     python benchmarks/notebooks.py --mode quick                 # every solution notebook
     python benchmarks/notebooks.py --mode smoke notebooks/*.ipynb
+    python benchmarks/notebooks.py --mode full --out build/full
 
-Each notebook runs top to bottom in a fresh kernel (nbclient). After its last cell, one extra
-cell asks the kernel for its peak resident memory (getrusage ru_maxrss), the figure that matters
-for "quick mode stays under 6 GB of RAM". GPU peak memory is added when the kernel used CUDA.
+The notebooks run exactly as `lmcourse build` runs them (`lmcourse.build`: a fresh kernel each,
+private caches, the kernel's peak resident memory, torch's peak CUDA memory when a notebook used
+CUDA); this script adds the budgets the course promises and exits 1 when a notebook fails or
+goes over one:
+
+    quick mode: under 6 GiB of RAM (a laptop, free Colab)
+    full mode:  under 12 GiB of RAM and 16 GiB of GPU memory
+
+The executed notebooks and report.md/.csv/.json land in --out (default: a temporary folder).
+Times depend on what else the machine runs: the load average at the start is printed with them.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
+import tempfile
 from pathlib import Path
 
-import nbformat
-from nbclient import NotebookClient
+from lmcourse import build as B
 
 ROOT = Path(__file__).resolve().parent.parent
-PROBE = """\
-import resource, sys
-_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
-_gpu = 0.0
-if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
-    _gpu = sys.modules["torch"].cuda.max_memory_allocated() / 2**30
-print(f"PEAK {_peak:.3f} {_gpu:.3f}")
-"""
+# GiB the course promises a notebook stays under, per mode: (RAM, GPU); None: no promise
+BUDGETS = {"smoke": (None, None), "quick": (6.0, None), "full": (12.0, 16.0)}
 
 
-def run(path: Path, mode: str, timeout: int, save: Path | None = None) -> tuple[float, float, float, str]:
-    """(wall seconds, peak RSS GiB, peak GPU GiB, status) of one notebook in `mode`."""
-    nb = nbformat.read(path, as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell(PROBE))
-    os.environ["LMCOURSE_MODE"] = mode
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
-    start = time.perf_counter()
-    try:
-        client.execute()
-        status = "ok"
-    except Exception as e:  # report and go on with the other notebooks
-        status = f"FAILED: {type(e).__name__}"
-    wall = time.perf_counter() - start
-    if save is not None:  # the executed notebook, outputs included, to read its figures
-        save.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, save / path.name)
-    peak = gpu = float("nan")
-    for out in nb.cells[-1].get("outputs", []):
-        text = out.get("text", "")
-        if text.startswith("PEAK"):
-            _, peak, gpu = text.split()
-    return wall, float(peak), float(gpu), status
+def over_budget(run: B.NotebookRun, mode: str) -> list[str]:
+    """What `run` used beyond the mode's budgets, as readable phrases (empty: within budget)."""
+    ram_budget, gpu_budget = BUDGETS[mode]
+    over = []
+    if ram_budget is not None and run.peak_ram_gib is not None and run.peak_ram_gib > ram_budget:
+        over.append(f"RAM {run.peak_ram_gib:.2f} GiB > {ram_budget:g}")
+    if gpu_budget is not None and run.peak_gpu_gib is not None and run.peak_gpu_gib > gpu_budget:
+        over.append(f"GPU {run.peak_gpu_gib:.2f} GiB > {gpu_budget:g}")
+    return over
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("paths", nargs="*", type=Path, help="notebooks (default: solutions/*.ipynb)")
-    ap.add_argument("--mode", default="quick", choices=["smoke", "quick", "full"])
-    ap.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
-    ap.add_argument("--save", type=Path, default=None, help="write the executed notebooks here")
-    args = ap.parse_args()
-    paths = args.paths or sorted((ROOT / "solutions").glob("*.ipynb"))
-    print(f"mode {args.mode}; load average {os.getloadavg()[0]:.1f}; "
-          f"LMCOURSE_DATA_DIR={os.environ.get('LMCOURSE_DATA_DIR', '(unset)')}")
+    ap.add_argument("--mode", default="quick", choices=list(BUDGETS))
+    ap.add_argument("--timeout", type=float, default=B.DEFAULT_TIMEOUT,
+                    help="seconds allowed per cell (0: no limit)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="keep the executed notebooks and the report here")
+    args = ap.parse_args(argv)
+    paths = args.paths or B.select_notebooks(ROOT)
+    with tempfile.TemporaryDirectory(prefix="lmcourse-bench-") as tmp:
+        report = B.build(paths, args.out or Path(tmp), mode=args.mode, timeout=args.timeout,
+                         root=ROOT, progress=print)
+    ram_budget, gpu_budget = BUDGETS[args.mode]
+    load = "unknown" if report.load is None else f"{report.load:.2f}"
+    print(f"mode {args.mode}; load average at the start {load}; budgets: RAM "
+          f"{ram_budget or '-'} GiB, GPU {gpu_budget or '-'} GiB")
     print(f"{'notebook':<42} {'wall s':>8} {'peak RAM GiB':>13} {'peak GPU GiB':>13}  status")
-    total = 0.0
-    failed = False
-    for p in paths:
-        wall, peak, gpu, status = run(p.resolve(), args.mode, args.timeout, args.save)
-        total += wall
-        failed |= status != "ok"
-        print(f"{str(p.resolve().relative_to(ROOT)):<42} {wall:8.1f} {peak:13.2f} {gpu:13.2f}  {status}",
-              flush=True)
-    print(f"total {total:.1f} s")
-    sys.exit(1 if failed else 0)
+    bad = False
+    for run in report.runs:
+        over = over_budget(run, args.mode)
+        bad |= bool(over) or not run.ok
+        ram = "-" if run.peak_ram_gib is None else f"{run.peak_ram_gib:.2f}"
+        gpu = "-" if run.peak_gpu_gib is None else f"{run.peak_gpu_gib:.2f}"
+        status = run.status + (f" ({run.error})" if run.error else "") + \
+            ("; OVER BUDGET: " + ", ".join(over) if over else "")
+        print(f"{run.notebook:<42} {run.seconds:8.1f} {ram:>13} {gpu:>13}  {status}", flush=True)
+    print(f"total {sum(r.seconds for r in report.runs):.1f} s")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -39,6 +39,15 @@ CACHE_VARIABLES = (ENV_CACHE, "HF_HOME", "HF_DATASETS_CACHE")
 REPORT_NAMES = ("report.md", "report.csv", "report.json")
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"  # figures kept in the outputs
 DEFAULT_TIMEOUT = 1800  # seconds per cell
+# Run after a notebook's last cell, then removed from the executed copy: torch's peak CUDA memory
+# (only when the notebook itself started CUDA; the probe never initialises it).
+GPU_PROBE = """\
+import sys as _lmcourse_sys
+_lmcourse_torch = _lmcourse_sys.modules.get("torch")
+print("LMCOURSE_PEAK_GPU_GIB", _lmcourse_torch.cuda.max_memory_allocated() / 2**30
+      if _lmcourse_torch is not None and _lmcourse_torch.cuda.is_initialized() else -1)
+del _lmcourse_sys, _lmcourse_torch
+"""
 
 
 class BuildError(ValueError):
@@ -57,6 +66,7 @@ class NotebookRun:
     code_cells: int
     peak_ram_gib: float | None    # the kernel process's peak resident memory (None: unknown)
     error: str = ""               # "cell 7: ValueError: ..." for a failed notebook
+    peak_gpu_gib: float | None = None  # torch's peak CUDA memory in the kernel (None: no CUDA used)
 
     @property
     def ok(self) -> bool:
@@ -72,6 +82,7 @@ class BuildReport:
     runs: list[NotebookRun] = field(default_factory=list)
     seconds: float = 0.0          # wall time of the whole build
     jobs: int = 1
+    load: float | None = None     # the machine's 1-minute load average when the build started
 
     @property
     def ok(self) -> bool:
@@ -84,16 +95,20 @@ class BuildReport:
     def markdown(self) -> str:
         """The report as a markdown table with a summary line."""
         lines = [f"# Executed build, mode {self.mode}", "",
-                 "| notebook | status | time (s) | code cells run | peak RAM (GiB) | error |",
-                 "|---|---|---:|---:|---:|---|"]
+                 "| notebook | status | time (s) | code cells run | peak RAM (GiB) | "
+                 "peak GPU (GiB) | error |",
+                 "|---|---|---:|---:|---:|---:|---|"]
         for r in self.runs:
             ram = "-" if r.peak_ram_gib is None else f"{r.peak_ram_gib:.2f}"
+            gpu = "-" if r.peak_gpu_gib is None else f"{r.peak_gpu_gib:.2f}"
             err = r.error.replace("|", "\\|").replace("\n", " ")
             lines.append(f"| `{r.notebook}` | {r.status} | {r.seconds:.1f} | "
-                         f"{r.cells_run}/{r.code_cells} | {ram} | {err} |")
+                         f"{r.cells_run}/{r.code_cells} | {ram} | {gpu} | {err} |")
         total = sum(r.seconds for r in self.runs)
+        load = "" if self.load is None else f" Load average at the start: {self.load:.2f} on " \
+            f"{os.cpu_count()} core(s)."
         lines += ["", f"{len(self.runs)} notebook(s), {len(self.failed)} failed; {total:.1f} s of "
-                      f"notebook time, {self.seconds:.1f} s wall with {self.jobs} job(s)."]
+                      f"notebook time, {self.seconds:.1f} s wall with {self.jobs} job(s).{load}"]
         return "\n".join(lines) + "\n"
 
     def write(self) -> list[Path]:
@@ -107,7 +122,8 @@ class BuildReport:
             writer.writeheader()
             writer.writerows(rows)
         js.write_text(json.dumps({"mode": self.mode, "jobs": self.jobs, "seconds": self.seconds,
-                                  "ok": self.ok, "notebooks": rows}, indent=1) + "\n",
+                                  "load": self.load, "ok": self.ok, "notebooks": rows},
+                                 indent=1) + "\n",
                       encoding="utf-8")
         return [md, csv_path, js]
 
@@ -215,6 +231,8 @@ def run_notebook(path: str | Path, output: str | Path, mode: str = "quick",
     path, output = Path(path).resolve(), Path(output)
     nb = nbformat.read(path, as_version=4)
     code_cells = sum(c.cell_type == "code" for c in nb.cells)
+    probe = nbformat.v4.new_code_cell(GPU_PROBE)
+    nb.cells.append(probe)
     peak: list[float] = []
     cells_run = 0
     current: list[int] = []  # the index of the cell running now
@@ -224,7 +242,7 @@ def run_notebook(path: str | Path, output: str | Path, mode: str = "quick",
 
     def on_cell_executed(cell, cell_index, execute_reply):
         nonlocal cells_run
-        cells_run += 1
+        cells_run += cell is not probe
         pid = getattr(getattr(getattr(client.km, "provisioner", None), "process", None), "pid", None)
         if pid is not None and (gib := _peak_rss_gib(pid)) is not None:
             peak.append(gib)
@@ -248,6 +266,7 @@ def run_notebook(path: str | Path, output: str | Path, mode: str = "quick",
         except Exception as e:  # the kernel could not start, or nbclient broke: report, go on
             status, error = "failed", f"{type(e).__name__}: {e}"
         seconds = time.perf_counter() - start
+    nb.cells.remove(probe)
     error = error.splitlines()[0][:300] if error else ""
     nb.metadata.setdefault("lmcourse", {})["build"] = {
         "mode": mode, "status": status, "seconds": round(seconds, 1), "error": error}
@@ -255,7 +274,17 @@ def run_notebook(path: str | Path, output: str | Path, mode: str = "quick",
     nbformat.write(nb, output)
     return NotebookRun(notebook=label or str(path), output=str(output), status=status,
                        seconds=round(seconds, 2), cells_run=cells_run, code_cells=code_cells,
-                       peak_ram_gib=round(max(peak), 3) if peak else None, error=error)
+                       peak_ram_gib=round(max(peak), 3) if peak else None, error=error,
+                       peak_gpu_gib=_probe_gpu(probe))
+
+
+def _probe_gpu(probe) -> float | None:
+    """The GPU peak the probe cell printed, None if it did not run or CUDA was never used."""
+    for out in probe.get("outputs", []):
+        m = re.search(r"LMCOURSE_PEAK_GPU_GIB (\S+)", out.get("text", ""))
+        if m and float(m.group(1)) >= 0:
+            return round(float(m.group(1)), 3)
+    return None
 
 
 def _where(current: list[int]) -> str:
@@ -285,7 +314,8 @@ def build(paths: Iterable[str | Path], out: str | Path, mode: str = "quick",
         raise BuildError("Two notebooks would be written to the same place in the output folder: "
                          f"{sorted(str(x) for x in labels if labels.count(x) > 1)}; build them "
                          "into separate --out folders.")
-    report = BuildReport(mode=mode, out=out, jobs=jobs)
+    report = BuildReport(mode=mode, out=out, jobs=jobs,
+                         load=os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
     lock = threading.Lock()
     done: dict[int, NotebookRun] = {}
     start = time.perf_counter()
@@ -326,7 +356,8 @@ def main(args: argparse.Namespace) -> int:
             paths = select_notebooks(root, args.only, learner=args.learner)
         out = args.out or root / "build" / args.mode
         print(f"== executing {len(paths)} notebook(s) in {args.mode} mode into {out} "
-              f"({args.jobs} at a time, {args.timeout or 'no'} s per cell at most)", flush=True)
+              f"({args.jobs} at a time, "
+              + (f"{args.timeout:g} s per cell at most)" if args.timeout else "no time limit per cell)"), flush=True)
         report = build(paths, out, mode=args.mode, timeout=args.timeout, jobs=args.jobs, root=root)
     except BuildError as e:
         print(f"lmcourse build: error: {e}", file=sys.stderr)

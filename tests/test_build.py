@@ -72,6 +72,10 @@ def test_a_failing_notebook_is_saved_and_reported_and_the_next_one_still_runs(tm
     code = [c for c in done.cells if c.cell_type == "code"]
     assert all(c.execution_count for c in code)
     assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs)
+    # the memory probe run after the last cell is not kept in either copy
+    assert len(done.cells) == len(nbformat.read(SMALL, as_version=4).cells)
+    assert len(saved.cells) == len(nb.cells)
+    assert "LMCOURSE_PEAK_GPU_GIB" not in json.dumps(done.dict())
 
     # the table: markdown, CSV and JSON, one row per notebook
     md = (out / "report.md").read_text()
@@ -83,6 +87,35 @@ def test_a_failing_notebook_is_saved_and_reported_and_the_next_one_still_runs(tm
     assert js["ok"] is False and js["mode"] == "smoke" and len(js["notebooks"]) == 2
     if Path("/proc/self/status").exists():
         assert all(0.05 < r.peak_ram_gib < 64 for r in report.runs)
+    assert "peak GPU (GiB)" in md and js["load"] == report.load and report.load >= 0
+    assert bad.peak_gpu_gib is None, "a failed notebook never reaches the probe"
+    if not _cuda_available():
+        assert good.peak_gpu_gib is None, "no CUDA used: no GPU figure"
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def test_the_gpu_peak_comes_from_torch_in_the_kernel_only_when_cuda_was_used(tmp_path):
+    # A kernel whose torch reports CUDA started with a 3 GiB peak (a stand-in: no GPU needed).
+    fake = ("import sys, types\n"
+            "cuda = types.SimpleNamespace(is_initialized=lambda: True,\n"
+            "                             max_memory_allocated=lambda: 3 * 2**30)\n"
+            "sys.modules['torch'] = types.SimpleNamespace(cuda=cuda)")
+    idle = ("import sys, types\n"
+            "cuda = types.SimpleNamespace(is_initialized=lambda: False,\n"
+            "                             max_memory_allocated=lambda: 1 / 0)\n"
+            "sys.modules['torch'] = types.SimpleNamespace(cuda=cuda)")
+    used = _probe_notebook(tmp_path / "used.ipynb", fake)
+    unused = _probe_notebook(tmp_path / "unused.ipynb", idle)
+    report = B.build([used, unused], tmp_path / "out", mode="smoke", progress=None)
+    assert report.ok, [r.error for r in report.runs]
+    assert [r.peak_gpu_gib for r in report.runs] == [3.0, None]
+    assert [r.cells_run for r in report.runs] == [2, 2], "the probe is not one of the notebook's cells"
+    assert "| 3.00 |" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_each_kernel_gets_the_mode_private_caches_and_its_own_folder(tmp_path, monkeypatch):
@@ -160,3 +193,16 @@ def test_missing_notebooks_and_clashing_outputs_are_explained(tmp_path):
     b = _probe_notebook(tmp_path / "b" / "x.ipynb")
     with pytest.raises(B.BuildError, match="same place"):
         B.build([a, b], tmp_path / "out", progress=None)
+
+
+def test_the_notebook_benchmark_holds_each_mode_to_its_memory_budget():
+    import runpy
+
+    bench = runpy.run_path(str(ROOT / "benchmarks" / "notebooks.py"), run_name="benchmark_under_test")
+    over = bench["over_budget"]
+    run = lambda ram, gpu=None: B.NotebookRun("n", "o", "ok", 1.0, 1, 1, ram, peak_gpu_gib=gpu)  # noqa: E731
+    assert over(run(5.9), "quick") == [] and over(run(None), "quick") == []
+    assert over(run(6.1), "quick") == ["RAM 6.10 GiB > 6"]
+    assert over(run(40.0), "smoke") == [], "smoke mode promises no budget"
+    assert over(run(11.0, 15.9), "full") == []
+    assert over(run(12.5, 16.5), "full") == ["RAM 12.50 GiB > 12", "GPU 16.50 GiB > 16"]

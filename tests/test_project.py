@@ -155,3 +155,33 @@ def test_github_workflow_builds_and_uploads_the_executed_notebooks():
     upload = next(i for i, s in enumerate(steps) if s.get("uses", "").startswith("actions/upload-artifact"))
     assert build > _step_index(steps, rf"^\s*{re.escape(_readme_test_command())}\s*$") and upload > build
     assert steps[upload]["with"]["path"].rstrip("/") == out.rstrip("/")
+
+
+def _table_rows(text: str, heading: str) -> list[list[str]]:
+    """The cells of each row of the first markdown table after `heading`."""
+    after = text[text.index(heading):]
+    rows, started = [], False
+    for line in after.splitlines()[1:]:
+        if line.startswith("|"):
+            started = True
+            if not set(line) <= set("|-: "):
+                rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif started:
+            break
+    return rows
+
+
+def test_course_map_and_instructor_guide_time_every_lesson():
+    lessons = sorted(p.stem for p in (ROOT / "solutions").glob("*.ipynb") if "." not in p.stem)
+    course_map = _table_rows((ROOT / "README.md").read_text(), "## Course map")
+    assert course_map[0][:3] == ["#", "notebook", "run time (quick)"]
+    by_name = {row[1].strip("`"): row for row in course_map[1:]}
+    assert sorted(by_name) == lessons, "the course map lists every lesson, once"
+    for name, row in by_name.items():
+        assert re.search(r"\d+ min", row[2]), f"{name}: no run time in the course map"
+    guide = _table_rows((ROOT / "docs" / "INSTRUCTORS.md").read_text(), "### Time per lesson")
+    timed = {row[0].split("`")[1]: row for row in guide[1:]}
+    assert sorted(timed) == lessons, "the instructor guide's time table lists every lesson, once"
+    for name, row in timed.items():
+        assert re.search(r"\d+ s / \d+ s", row[1]), f"{name}: no smoke time"
+        assert re.search(r"\d+(\.\d+)? (s|min).*\d\.\d+ GiB", row[2]), f"{name}: no quick time and RAM"
